@@ -1,0 +1,39 @@
+"""Monarch Mixer (M2) models for Hugging Face Transformers.
+
+Importing this package registers `M2Config` (model type `"m2"`) and every M2 head with the transformers Auto
+classes, so `AutoModel*.from_pretrained` loads M2 folders without `trust_remote_code`.
+"""
+
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+)
+
+from .modeling import (
+    M2Config,
+    M2ForMaskedLM,
+    M2ForSequenceClassification,
+    M2ForTokenClassification,
+    M2Model,
+    M2PreTrainedModel,
+)
+
+__version__ = "0.1.0"
+
+AutoConfig.register(M2Config.model_type, M2Config, exist_ok=True)
+AutoModel.register(M2Config, M2Model, exist_ok=True)
+AutoModelForMaskedLM.register(M2Config, M2ForMaskedLM, exist_ok=True)
+AutoModelForSequenceClassification.register(M2Config, M2ForSequenceClassification, exist_ok=True)
+AutoModelForTokenClassification.register(M2Config, M2ForTokenClassification, exist_ok=True)
+
+__all__ = [
+    "M2Config",
+    "M2ForMaskedLM",
+    "M2ForSequenceClassification",
+    "M2ForTokenClassification",
+    "M2Model",
+    "M2PreTrainedModel",
+]

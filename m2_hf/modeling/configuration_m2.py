@@ -1,0 +1,266 @@
+"""Configuration of the Monarch Mixer (M2) model family."""
+
+from __future__ import annotations
+
+from transformers import PretrainedConfig
+
+SEQUENCE_MIXERS = ("long_conv",)
+POOLING_MODES = ("first_token", "mean")
+
+
+class M2Config(PretrainedConfig):
+    r"""Configuration for every M2 model (M2-BERT encoders and their heads).
+
+    The defaults describe the released M2-BERT-80M layout except for `mixer_layernorm` (set it for the
+    converted 80M checkpoint) and `mask_padding` (on for models trained with this package).
+
+    Args:
+        vocab_size (`int`, defaults to 30528):
+            Number of token ids: bert-base-uncased's 30522 padded to a multiple of 8.
+        hidden_size (`int`, defaults to 768):
+            Width of the residual stream.
+        num_hidden_layers (`int`, defaults to 12):
+            Number of M2 layers (sequence mixer followed by the Monarch MLP).
+        intermediate_size (`int`, defaults to 3072):
+            Inner width of the MLP. With `glu_mlp` the first projection produces `2 * intermediate_size`
+            features: the gate, then the value.
+        hidden_act (`str`, defaults to `"gelu"`):
+            Activation of the MLP gate and of the masked-LM head transform (`"gelu"` is the exact erf GELU).
+        hidden_dropout_prob (`float`, defaults to 0.1):
+            Dropout on the embeddings, inside the MLP and (unless `classifier_dropout` is set) before classifiers.
+        classifier_dropout (`float`, *optional*):
+            Dropout before the sequence/token classifier; `hidden_dropout_prob` when unset.
+        max_position_embeddings (`int`, defaults to 128):
+            Trained maximum sequence length: rows of the position table. Longer inputs raise a `ValueError`.
+        long_conv_max_length (`int`, *optional*):
+            Length of the implicit long-filter grid; `max_position_embeddings` when unset. Filters for a shorter
+            input are the first rows of this grid (truncated, not resampled).
+        type_vocab_size (`int`, defaults to 2):
+            Number of token types (segments).
+        initializer_range (`float`, defaults to 0.02):
+            Standard deviation of the normal initialiser for dense layers and embeddings.
+        layer_norm_eps (`float`, defaults to 1e-12):
+            Epsilon of the embedding, MLP and masked-LM head LayerNorms.
+        use_position_embeddings (`bool`, defaults to `True`):
+            Add learned absolute position embeddings to the token embeddings.
+        sequence_mixer (`str`, defaults to `"long_conv"`):
+            Sequence mixer of every layer. `"long_conv"`: M2-BERT's gated bidirectional long convolution with
+            implicit filters.
+        bidirectional (`bool`, defaults to `True`):
+            Long convolutions see both directions (a forward and a reverse filter). `False` gives a causal
+            convolution.
+        residual_long_conv (`bool`, defaults to `True`):
+            Add a second (ungated) long convolution of the mixer input to the mixer output.
+        mixer_layernorm (`bool`, defaults to `False`):
+            Normalise the mixer input with a LayerNorm first (the released 80M model; the original's
+            `hyena_training_additions`).
+        mixer_layernorm_eps (`float`, defaults to 1e-5):
+            Epsilon of that LayerNorm.
+        short_conv_size (`int`, defaults to 3):
+            Kernel size of the causal depthwise convolution over the input projection.
+        filter_order (`int`, defaults to 128):
+            Width of the implicit-filter MLPs.
+        filter_emb_dim (`int`, defaults to 5):
+            Size of the positional features fed to the filter MLPs: time plus `(filter_emb_dim - 1) // 2`
+            complex-exponential bands. Odd and at least 3.
+        filter_num_inner_layers (`int`, defaults to 2):
+            Hidden `filter_order x filter_order` layers in each filter MLP.
+        filter_sin_freq (`float`, defaults to 10.0):
+            Initial value of the trainable frequency `w` of the filter MLP activation `sin(scale * w * x)`.
+        filter_sin_freq_scale (`float`, defaults to 1.0):
+            The fixed `scale` in that activation.
+        filter_decay_fast (`float`, defaults to 0.3):
+            Fraction of the filter length after which the fastest-decaying channel reaches `filter_decay_target`.
+        filter_decay_slow (`float`, defaults to 1.5):
+            The same fraction for the slowest-decaying channel.
+        filter_decay_target (`float`, defaults to 0.01):
+            Value of the exponential window `exp(-t |delta_c|)` at those fractions.
+        glu_mlp (`bool`, defaults to `True`):
+            Use a gated MLP `out(act(gate) * value)`; otherwise `out(act(in(x)))`.
+        monarch_mlp_nblocks (`int`, defaults to 4):
+            Number of diagonal blocks of the MLP's block-diagonal (Monarch) projections; 1 is a dense layer.
+            `hidden_size` and `intermediate_size` must be multiples of it.
+        pooling (`str`, defaults to `"first_token"`):
+            Pooler input: `"first_token"` (the [CLS] state) or `"mean"` (mean over unmasked tokens; the
+            original's `pool_all`). The pooler output is `tanh(dense(input))`.
+        mask_padding (`bool`, defaults to `True`):
+            Zero padded positions (`attention_mask == 0`) before every convolution and count positions from the
+            first real token, so that each real token's output does not depend on the padding. `False` keeps the
+            original M2-BERT semantics (the mask is ignored by the mixer; [PAD] is an ordinary token), which
+            converted checkpoints need to reproduce their published numbers.
+        pad_to_max_length (`bool`, defaults to `False`):
+            Right-pad every input with `pad_token_id` to `max_position_embeddings` inside the model and cut the
+            outputs back to the input length. The released long-context retrieval models only give their
+            trained embeddings for inputs padded this way.
+        sparse_prediction (`bool`, defaults to `False`):
+            With labels, compute masked-LM logits only at positions whose label is not -100 and return them
+            flattened to `(num_labelled, vocab_size)`.
+        pad_token_id (`int`, defaults to 0), bos_token_id (`int`, *optional*), eos_token_id (`int`, *optional*):
+            Special token ids.
+        tie_word_embeddings (`bool`, defaults to `True`):
+            Tie the masked-LM decoder weight to the word embeddings.
+        use_cache (`bool`, defaults to `True`):
+            Whether generative heads return a cache.
+    """
+
+    model_type = "m2"
+
+    def __init__(
+        self,
+        vocab_size: int = 30528,
+        hidden_size: int = 768,
+        num_hidden_layers: int = 12,
+        intermediate_size: int = 3072,
+        hidden_act: str = "gelu",
+        hidden_dropout_prob: float = 0.1,
+        classifier_dropout: float | None = None,
+        max_position_embeddings: int = 128,
+        long_conv_max_length: int | None = None,
+        type_vocab_size: int = 2,
+        initializer_range: float = 0.02,
+        layer_norm_eps: float = 1e-12,
+        use_position_embeddings: bool = True,
+        sequence_mixer: str = "long_conv",
+        bidirectional: bool = True,
+        residual_long_conv: bool = True,
+        mixer_layernorm: bool = False,
+        mixer_layernorm_eps: float = 1e-5,
+        short_conv_size: int = 3,
+        filter_order: int = 128,
+        filter_emb_dim: int = 5,
+        filter_num_inner_layers: int = 2,
+        filter_sin_freq: float = 10.0,
+        filter_sin_freq_scale: float = 1.0,
+        filter_decay_fast: float = 0.3,
+        filter_decay_slow: float = 1.5,
+        filter_decay_target: float = 0.01,
+        glu_mlp: bool = True,
+        monarch_mlp_nblocks: int = 4,
+        pooling: str = "first_token",
+        mask_padding: bool = True,
+        pad_to_max_length: bool = False,
+        sparse_prediction: bool = False,
+        pad_token_id: int | None = 0,
+        bos_token_id: int | None = None,
+        eos_token_id: int | None = None,
+        tie_word_embeddings: bool = True,
+        use_cache: bool = True,
+        **kwargs,
+    ):
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.intermediate_size = intermediate_size
+        self.hidden_act = hidden_act
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.classifier_dropout = classifier_dropout
+        self.max_position_embeddings = max_position_embeddings
+        self.long_conv_max_length = long_conv_max_length
+        self.type_vocab_size = type_vocab_size
+        self.initializer_range = initializer_range
+        self.layer_norm_eps = layer_norm_eps
+        self.use_position_embeddings = use_position_embeddings
+        self.sequence_mixer = sequence_mixer
+        self.bidirectional = bidirectional
+        self.residual_long_conv = residual_long_conv
+        self.mixer_layernorm = mixer_layernorm
+        self.mixer_layernorm_eps = mixer_layernorm_eps
+        self.short_conv_size = short_conv_size
+        self.filter_order = filter_order
+        self.filter_emb_dim = filter_emb_dim
+        self.filter_num_inner_layers = filter_num_inner_layers
+        self.filter_sin_freq = filter_sin_freq
+        self.filter_sin_freq_scale = filter_sin_freq_scale
+        self.filter_decay_fast = filter_decay_fast
+        self.filter_decay_slow = filter_decay_slow
+        self.filter_decay_target = filter_decay_target
+        self.glu_mlp = glu_mlp
+        self.monarch_mlp_nblocks = monarch_mlp_nblocks
+        self.pooling = pooling
+        self.mask_padding = mask_padding
+        self.pad_to_max_length = pad_to_max_length
+        self.sparse_prediction = sparse_prediction
+        self.use_cache = use_cache
+        super().__init__(
+            pad_token_id=pad_token_id,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            tie_word_embeddings=tie_word_embeddings,
+            **kwargs,
+        )
+        self.validate_m2_fields()
+
+    @property
+    def filter_max_length(self) -> int:
+        """Length of the implicit-filter grid."""
+        return self.long_conv_max_length if self.long_conv_max_length is not None else self.max_position_embeddings
+
+    @property
+    def max_sequence_length(self) -> int:
+        """Longest input the model accepts."""
+        if self.use_position_embeddings:
+            return min(self.max_position_embeddings, self.filter_max_length)
+        return self.filter_max_length
+
+    def validate_m2_fields(self) -> None:
+        """Raise a `ValueError` naming the first field whose value the model cannot be built with."""
+        positive = (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "intermediate_size",
+            "max_position_embeddings",
+            "type_vocab_size",
+            "short_conv_size",
+            "filter_order",
+            "monarch_mlp_nblocks",
+        )
+        for name in positive:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"M2Config.{name} must be a positive integer, got {value!r}.")
+        if self.long_conv_max_length is not None and (
+            isinstance(self.long_conv_max_length, bool)
+            or not isinstance(self.long_conv_max_length, int)
+            or self.long_conv_max_length < 2
+        ):
+            raise ValueError(
+                f"M2Config.long_conv_max_length must be None or an integer >= 2, got {self.long_conv_max_length!r}."
+            )
+        if self.long_conv_max_length is None and self.max_position_embeddings < 2:
+            raise ValueError(
+                "M2Config.max_position_embeddings must be >= 2 (it sets the long-filter grid), "
+                f"got {self.max_position_embeddings!r}."
+            )
+        if not isinstance(self.filter_num_inner_layers, int) or self.filter_num_inner_layers < 0:
+            raise ValueError(
+                f"M2Config.filter_num_inner_layers must be a non-negative integer, got {self.filter_num_inner_layers!r}."
+            )
+        for name in ("hidden_size", "intermediate_size"):
+            if getattr(self, name) % self.monarch_mlp_nblocks:
+                raise ValueError(
+                    f"M2Config.{name}={getattr(self, name)} must be divisible by "
+                    f"monarch_mlp_nblocks={self.monarch_mlp_nblocks}."
+                )
+        emb = self.filter_emb_dim
+        if isinstance(emb, bool) or not isinstance(emb, int) or emb < 3 or emb % 2 == 0:
+            raise ValueError(f"M2Config.filter_emb_dim must be an odd integer >= 3 (3, 5, 7, ...), got {emb!r}.")
+        if self.sequence_mixer not in SEQUENCE_MIXERS:
+            raise ValueError(f"M2Config.sequence_mixer must be one of {SEQUENCE_MIXERS}, got {self.sequence_mixer!r}.")
+        if self.pooling not in POOLING_MODES:
+            raise ValueError(f"M2Config.pooling must be one of {POOLING_MODES}, got {self.pooling!r}.")
+        for name in ("hidden_dropout_prob", "classifier_dropout"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"M2Config.{name} must be in [0, 1], got {value!r}.")
+        for name in ("layer_norm_eps", "mixer_layernorm_eps", "filter_decay_fast", "filter_decay_slow"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"M2Config.{name} must be > 0, got {getattr(self, name)!r}.")
+        if not 0.0 < self.filter_decay_target < 1.0:
+            raise ValueError(f"M2Config.filter_decay_target must be in (0, 1), got {self.filter_decay_target!r}.")
+        if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(
+                f"M2Config.pad_token_id must be None or in [0, vocab_size={self.vocab_size}), got {self.pad_token_id!r}."
+            )
+        if self.pad_to_max_length and self.pad_token_id is None:
+            raise ValueError("M2Config.pad_to_max_length needs a pad_token_id to pad with.")

@@ -1,0 +1,536 @@
+"""Monarch Mixer (M2) encoder models: M2-BERT and its heads.
+
+An M2 layer replaces attention with a gated long convolution whose filters are implicit (see
+`implicit_filter.py`) and the dense MLP with block-diagonal (Monarch) projections:
+
+    mixer:  x1, x2, v = shortconv(in_proj(u));  y = x2 * (longconv(v * x1) + D v) [+ longconv2(u) + D2 u]
+    layer:  h = out_proj(y);  out = LayerNorm(h + MLP(h))
+
+The layer is post-norm and its residual is the mixer output, exactly as in the original M2-BERT.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPooling,
+    MaskedLMOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
+from transformers.utils.generic import can_return_tuple
+
+from ..ops import blockdiag_matmul, causal_depthwise_conv, fft_long_conv
+from .configuration_m2 import M2Config
+from .implicit_filter import M2ImplicitFilter, filter_decay_rates, filter_features, filter_positions
+
+
+class BlockDiagonalLinear(nn.Module):
+    """`y = blockdiag(W_0, ..., W_{n-1}) x + b`: a single-factor Monarch projection.
+
+    The input's last axis is split into `nblocks` contiguous chunks and chunk `b` meets block `W_b` only.
+    """
+
+    def __init__(self, in_features: int, out_features: int, nblocks: int, bias: bool = True):
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.weight = nn.Parameter(torch.empty(nblocks, out_features // nblocks, in_features // nblocks))
+        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # A dense kaiming-uniform init rescaled by sqrt(dense / block-diagonal size): U(+-1/sqrt(in_block)).
+        bound = self.weight.shape[-1] ** -0.5
+        init.uniform_(self.weight, -bound, bound)
+        if self.bias is not None:
+            init.uniform_(self.bias, -self.out_features**-0.5, self.out_features**-0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = blockdiag_matmul(x, self.weight)
+        return y if self.bias is None else y + self.bias
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, nblocks={self.weight.shape[0]}"
+
+
+class CausalShortConv(nn.Module):
+    """Depthwise causal convolution `y[c, t] = b[c] + sum_j w[c, j] x[c, t - K + 1 + j]` over `[B, C, L]`."""
+
+    def __init__(self, channels: int, kernel_size: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(channels, 1, kernel_size))
+        self.bias = nn.Parameter(torch.empty(channels))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # PyTorch's Conv1d default, U(+-1/sqrt(kernel size)): a 0.02-normal short conv would starve the gates.
+        bound = self.weight.shape[-1] ** -0.5
+        init.uniform_(self.weight, -bound, bound)
+        init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return causal_depthwise_conv(x, self.weight, self.bias)
+
+
+class M2Embeddings(nn.Module):
+    """`LayerNorm(word[ids] + token_type[tt] + position[pos])`, then dropout."""
+
+    def __init__(self, config: M2Config):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.position_embeddings = (
+            nn.Embedding(config.max_position_embeddings, config.hidden_size)
+            if config.use_position_embeddings
+            else None
+        )
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        inputs_embeds: torch.Tensor | None,
+        token_type_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+    ) -> torch.Tensor:
+        if inputs_embeds is None:
+            inputs_embeds = self.word_embeddings(input_ids)
+        embeddings = inputs_embeds + self.token_type_embeddings(token_type_ids)
+        if self.position_embeddings is not None:
+            embeddings = embeddings + self.position_embeddings(position_ids)
+        return self.dropout(self.layernorm(embeddings))
+
+
+class M2LongConvMixer(nn.Module):
+    """M2-BERT's sequence mixer: gated bidirectional (or causal) long convolution with implicit filters."""
+
+    def __init__(self, config: M2Config):
+        super().__init__()
+        hidden = config.hidden_size
+        self.hidden_size = hidden
+        self.layernorm = nn.LayerNorm(hidden, eps=config.mixer_layernorm_eps) if config.mixer_layernorm else None
+        self.in_proj = nn.Linear(hidden, 3 * hidden)
+        self.short_conv = CausalShortConv(3 * hidden, config.short_conv_size)
+        self.long_filter = M2ImplicitFilter(config)
+        self.residual_filter = M2ImplicitFilter(config) if config.residual_long_conv else None
+        self.out_proj = nn.Linear(hidden, hidden)
+
+    def forward(self, hidden_states: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`hidden_states` `[B, L, H]`; `padding_mask` `[B, 1, L]` (1 = real token) zeroes padding before
+        every convolution, or None to convolve every position."""
+        seq_len = hidden_states.shape[1]
+        mixer_input = self.layernorm(hidden_states) if self.layernorm is not None else hidden_states
+        projected = self.in_proj(mixer_input).transpose(1, 2)  # [B, 3H, L]
+        if padding_mask is not None:
+            projected = projected * padding_mask
+        projected = self.short_conv(projected)
+        pre_gate, post_gate, value = projected.split(self.hidden_size, dim=1)
+        gated_value = value * pre_gate
+        if padding_mask is not None:
+            gated_value = gated_value * padding_mask
+        mixed = fft_long_conv(gated_value, self.long_filter.spectrum(seq_len), self.long_filter.skip) * post_gate
+        if self.residual_filter is not None:
+            residual = mixer_input.transpose(1, 2)
+            if padding_mask is not None:
+                residual = residual * padding_mask
+            mixed = mixed + fft_long_conv(residual, self.residual_filter.spectrum(seq_len), self.residual_filter.skip)
+        return self.out_proj(mixed.transpose(1, 2))
+
+
+class M2MonarchMLP(nn.Module):
+    """`LayerNorm(x + out(act(gate) * value))` with block-diagonal projections (GLU), or without the gate."""
+
+    def __init__(self, config: M2Config):
+        super().__init__()
+        self.intermediate_size = config.intermediate_size
+        self.glu = config.glu_mlp
+        inner = 2 * config.intermediate_size if config.glu_mlp else config.intermediate_size
+        self.in_proj = BlockDiagonalLinear(config.hidden_size, inner, config.monarch_mlp_nblocks, bias=False)
+        self.act = ACT2FN[config.hidden_act]
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.out_proj = BlockDiagonalLinear(config.intermediate_size, config.hidden_size, config.monarch_mlp_nblocks)
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        projected = self.in_proj(hidden_states)
+        if self.glu:
+            gate, value = projected.split(self.intermediate_size, dim=-1)
+            inner = self.act(gate) * value
+        else:
+            inner = self.act(projected)
+        return self.layernorm(self.out_proj(self.dropout(inner)) + hidden_states)
+
+
+class M2Layer(GradientCheckpointingLayer):
+    """Sequence mixer, then the Monarch MLP whose residual is the mixer output (post-norm)."""
+
+    def __init__(self, config: M2Config):
+        super().__init__()
+        self.mixer = M2LongConvMixer(config)
+        self.mlp = M2MonarchMLP(config)
+
+    def forward(self, hidden_states: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.mlp(self.mixer(hidden_states, padding_mask))
+
+
+class M2Pooler(nn.Module):
+    """`tanh(dense(h_first))`, or `tanh(dense(masked mean of h))` with `pooling="mean"`."""
+
+    def __init__(self, config: M2Config):
+        super().__init__()
+        self.pooling = config.pooling
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = nn.Tanh()
+
+    def forward(self, hidden_states: torch.Tensor, mask: torch.Tensor | None, first_index: torch.Tensor | None):
+        if self.pooling == "mean":
+            if mask is None:
+                pooled = hidden_states.mean(dim=1)
+            else:
+                weights = mask.to(hidden_states.dtype).unsqueeze(-1)
+                pooled = (hidden_states * weights).sum(dim=1) / weights.sum(dim=1)
+        elif first_index is None:
+            pooled = hidden_states[:, 0]
+        else:
+            pooled = hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), first_index]
+        return self.activation(self.dense(pooled))
+
+
+class M2PreTrainedModel(PreTrainedModel):
+    config_class = M2Config
+    config: M2Config
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["M2Layer"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        config = self.config
+        if isinstance(module, M2ImplicitFilter):
+            grid = config.filter_max_length
+            init.normal_(module.skip, mean=0.0, std=1.0)
+            init.copy_(module.features, filter_features(grid, config.filter_emb_dim))
+            init.constant_(module.frequency, float(config.filter_sin_freq))
+            init.copy_(module.positions, filter_positions(grid))
+            init.copy_(
+                module.decay_rates,
+                filter_decay_rates(
+                    config.hidden_size, config.filter_decay_fast, config.filter_decay_slow, config.filter_decay_target
+                ),
+            )
+        elif isinstance(module, (BlockDiagonalLinear, CausalShortConv)):
+            module.reset_parameters()
+
+
+def _check_ids(name: str, ids: torch.Tensor, upper: int, error: type[Exception]) -> None:
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise ValueError(f"{name} must be an integer tensor, got dtype {ids.dtype}.")
+    if torch.compiler.is_compiling() or ids.numel() == 0:
+        return
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or high >= upper:
+        raise error(f"{name} must be in [0, {upper}), got values in [{low}, {high}].")
+
+
+class M2Model(M2PreTrainedModel):
+    """The M2 encoder: embeddings, `num_hidden_layers` M2 layers and an optional pooler."""
+
+    def __init__(self, config: M2Config, add_pooling_layer: bool = True):
+        super().__init__(config)
+        self.embeddings = M2Embeddings(config)
+        self.layers = nn.ModuleList([M2Layer(config) for _ in range(config.num_hidden_layers)])
+        self.pooler = M2Pooler(config) if add_pooling_layer else None
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embeddings.word_embeddings = value
+
+    def _validate_inputs(self, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids):
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids and inputs_embeds.")
+        if input_ids is not None:
+            if input_ids.dim() != 2:
+                raise ValueError(f"input_ids must have shape (batch, seq_len), got {tuple(input_ids.shape)}.")
+            _check_ids("input_ids", input_ids, self.config.vocab_size, IndexError)
+            shape = tuple(input_ids.shape)
+        else:
+            if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.hidden_size:
+                raise ValueError(
+                    f"inputs_embeds must have shape (batch, seq_len, {self.config.hidden_size}), "
+                    f"got {tuple(inputs_embeds.shape)}."
+                )
+            shape = tuple(inputs_embeds.shape[:2])
+        for name, tensor in (
+            ("attention_mask", attention_mask),
+            ("token_type_ids", token_type_ids),
+            ("position_ids", position_ids),
+        ):
+            if tensor is not None and tuple(tensor.shape) != shape:
+                raise ValueError(f"{name} must have the shape of the input, {shape}, got {tuple(tensor.shape)}.")
+        if token_type_ids is not None:
+            _check_ids("token_type_ids", token_type_ids, self.config.type_vocab_size, IndexError)
+        if position_ids is not None and self.config.use_position_embeddings:
+            _check_ids("position_ids", position_ids, self.config.max_position_embeddings, IndexError)
+        seq_len, limit = shape[1], self.config.max_sequence_length
+        if seq_len == 0:
+            raise ValueError("The input sequence is empty (seq_len = 0).")
+        if seq_len > limit:
+            raise ValueError(
+                f"Input length {seq_len} exceeds this model's maximum sequence length {limit} "
+                "(max_position_embeddings / long_conv_max_length); truncate the input, e.g. with the tokenizer's "
+                f"truncation=True, max_length={limit}."
+            )
+        return shape
+
+    def _pad_to_max_length(self, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids):
+        """Right-pad every input to the trained length with [PAD] (mask 0, token type 0)."""
+        batch, seq_len = attention_mask.shape
+        extra = self.config.max_position_embeddings - seq_len
+        if extra <= 0:
+            return input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids
+        pad = self.config.pad_token_id
+        device = attention_mask.device
+        if input_ids is not None:
+            input_ids = torch.cat([input_ids, input_ids.new_full((batch, extra), pad)], dim=1)
+        else:
+            pad_embedding = self.embeddings.word_embeddings.weight[pad].to(inputs_embeds.dtype)
+            inputs_embeds = torch.cat([inputs_embeds, pad_embedding.expand(batch, extra, -1)], dim=1)
+        attention_mask = torch.cat([attention_mask, attention_mask.new_zeros(batch, extra)], dim=1)
+        token_type_ids = torch.cat([token_type_ids, token_type_ids.new_zeros(batch, extra)], dim=1)
+        if position_ids is not None:
+            tail = torch.arange(seq_len, seq_len + extra, device=device).expand(batch, -1)
+            position_ids = torch.cat([position_ids, tail], dim=1)
+        return input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        r"""
+        attention_mask (`torch.Tensor` of shape `(batch, seq_len)`, *optional*):
+            1 for real tokens, 0 for padding. With `config.mask_padding` padding is zeroed before every
+            convolution and positions count from the first real token; otherwise only mean pooling reads it.
+        """
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        batch, seq_len = self._validate_inputs(input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids)
+        device = input_ids.device if input_ids is not None else inputs_embeds.device
+        given_mask = attention_mask is not None
+        if attention_mask is None:
+            attention_mask = torch.ones(batch, seq_len, dtype=torch.long, device=device)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros(batch, seq_len, dtype=torch.long, device=device)
+        if self.config.pad_to_max_length:
+            given_mask = True
+            input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids = self._pad_to_max_length(
+                input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids
+            )
+
+        masking = self.config.mask_padding and given_mask
+        if position_ids is None:
+            if masking:
+                position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+            else:
+                position_ids = torch.arange(attention_mask.shape[1], device=device).expand(batch, -1)
+
+        hidden_states = self.embeddings(input_ids, inputs_embeds, token_type_ids, position_ids)
+        padding_mask = attention_mask.to(hidden_states.dtype).unsqueeze(1) if masking else None
+        all_hidden_states = [hidden_states] if output_hidden_states else None
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, padding_mask)
+            if output_hidden_states:
+                all_hidden_states.append(hidden_states)
+
+        pooled_output = None
+        if self.pooler is not None:
+            first_index = attention_mask.long().argmax(dim=1) if masking else None
+            pooled_output = self.pooler(hidden_states, attention_mask if given_mask else None, first_index)
+
+        if hidden_states.shape[1] != seq_len:
+            hidden_states = hidden_states[:, :seq_len]
+            if all_hidden_states is not None:
+                all_hidden_states = [h[:, :seq_len] for h in all_hidden_states]
+        return BaseModelOutputWithPooling(
+            last_hidden_state=hidden_states,
+            pooler_output=pooled_output,
+            hidden_states=tuple(all_hidden_states) if all_hidden_states is not None else None,
+        )
+
+
+class M2MaskedLMHeadTransform(nn.Module):
+    """`LayerNorm(act(dense(h)))` before the tied decoder."""
+
+    def __init__(self, config: M2Config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = ACT2FN[config.hidden_act]
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.layernorm(self.act(self.dense(hidden_states)))
+
+
+class M2ForMaskedLM(M2PreTrainedModel):
+    """M2 encoder with the masked-LM head; the decoder weight is tied to the word embeddings.
+
+    Labels follow the transformers convention: -100 marks positions without a target.
+    """
+
+    _tied_weights_keys = {"decoder.weight": "model.embeddings.word_embeddings.weight"}
+
+    def __init__(self, config: M2Config):
+        super().__init__(config)
+        self.model = M2Model(config, add_pooling_layer=False)
+        self.head = M2MaskedLMHeadTransform(config)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.decoder
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        self.decoder = new_embeddings
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> MaskedLMOutput:
+        outputs = self.model(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            output_hidden_states=output_hidden_states,
+        )
+        hidden_states = outputs.last_hidden_state
+        if labels is not None and tuple(labels.shape) != tuple(hidden_states.shape[:2]):
+            raise ValueError(
+                f"labels must have the shape of the input, {tuple(hidden_states.shape[:2])}, got {tuple(labels.shape)}."
+            )
+        if labels is not None and self.config.sparse_prediction:
+            labelled = labels.reshape(-1) != -100
+            hidden_states = hidden_states.reshape(-1, hidden_states.shape[-1])[labelled]
+            labels = labels.reshape(-1)[labelled]
+        logits = self.decoder(self.head(hidden_states))
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
+        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+class M2ForSequenceClassification(M2PreTrainedModel):
+    """Pooled M2 encoder with a linear classifier: regression (`num_labels == 1`), single- or multi-label
+    classification, chosen from `config.problem_type` or inferred from the labels as in BERT.
+
+    The loss is the mean over the batch (`accepts_loss_kwargs = False`): Trainer averages it over
+    gradient-accumulation steps itself.
+    """
+
+    accepts_loss_kwargs = False
+
+    def __init__(self, config: M2Config):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = M2Model(config)
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutput:
+        outputs = self.model(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            output_hidden_states=output_hidden_states,
+        )
+        logits = self.classifier(self.dropout(outputs.pooler_output))
+        loss = None
+        if labels is not None:
+            if labels.shape[0] != logits.shape[0]:
+                raise ValueError(f"labels hold {labels.shape[0]} examples, the input {logits.shape[0]}.")
+            loss = self.loss_function(labels, logits, self.config)
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+class M2ForTokenClassification(M2PreTrainedModel):
+    """M2 encoder with a per-token linear classifier; labels of -100 are ignored."""
+
+    def __init__(self, config: M2Config):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = M2Model(config, add_pooling_layer=False)
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> TokenClassifierOutput:
+        outputs = self.model(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            output_hidden_states=output_hidden_states,
+        )
+        logits = self.classifier(self.dropout(outputs.last_hidden_state))
+        loss = None
+        if labels is not None:
+            if tuple(labels.shape) != tuple(logits.shape[:2]):
+                raise ValueError(
+                    f"labels must have the shape of the input, {tuple(logits.shape[:2])}, got {tuple(labels.shape)}."
+                )
+            loss = self.loss_function(logits, labels, self.config, **kwargs)
+        return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)

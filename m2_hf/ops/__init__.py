@@ -1,0 +1,20 @@
+"""M2 operators.
+
+Each operator has a pure-PyTorch reference (`*_reference`), the path used on CPU and the one every fused
+kernel is checked against. The un-suffixed name is the dispatching entry point the models call.
+"""
+
+from .blockdiag import blockdiag_matmul, blockdiag_matmul_reference
+from .long_conv import fft_long_conv, fft_long_conv_reference, long_conv_kernel, long_conv_spectrum
+from .short_conv import causal_depthwise_conv, causal_depthwise_conv_reference
+
+__all__ = [
+    "blockdiag_matmul",
+    "blockdiag_matmul_reference",
+    "causal_depthwise_conv",
+    "causal_depthwise_conv_reference",
+    "fft_long_conv",
+    "fft_long_conv_reference",
+    "long_conv_kernel",
+    "long_conv_spectrum",
+]

@@ -1,0 +1,52 @@
+"""Pure-PyTorch FFT long convolution (M2-BERT's gated long conv, bidirectional or causal)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def long_conv_kernel(forward_filter: torch.Tensor, reverse_filter: torch.Tensor | None) -> torch.Tensor:
+    """Build the time-domain kernel of a long convolution over `L` positions.
+
+    Args:
+        forward_filter: `[H, L]`, the taps on the current and earlier positions (`k_fwd[m]` weighs `s[n - m]`).
+        reverse_filter: `[H, L]` or None; `k_rev[j]` weighs the later position `s[n + 1 + j]`.
+
+    Returns:
+        `[H, L]` (causal) or `[H, 2L]`: `[k_fwd[0..L-1], k_rev[L-1], ..., k_rev[0]]`, whose length-`2L` circular
+        convolution restricted to the first `L` outputs is the bidirectional convolution.
+    """
+    if reverse_filter is None:
+        return forward_filter
+    seq_len = forward_filter.shape[-1]
+    return F.pad(forward_filter, (0, seq_len)) + F.pad(reverse_filter.flip(-1), (seq_len, 0))
+
+
+def long_conv_spectrum(kernel: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """Real FFT of a long-convolution kernel at FFT size `2 * seq_len`, scaled by `1 / (2 * seq_len)`.
+
+    Inputs are float32 (or float64 for gradient checks); the spectrum is complex.
+    """
+    fft_size = 2 * seq_len
+    return torch.fft.rfft(kernel, n=fft_size) / fft_size
+
+
+def fft_long_conv_reference(u: torch.Tensor, spectrum: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    """Long convolution of every channel plus a skip term: `y = conv(u, k) + skip * u`.
+
+    Args:
+        u: `[B, H, L]` in any floating dtype; the FFTs run in the spectrum's precision.
+        spectrum: `[H, L + 1]` complex, from `long_conv_spectrum(kernel, L)`.
+        skip: `[H]`, the per-channel skip weight `D`.
+
+    Returns:
+        `[B, H, L]` in the dtype of `u`.
+    """
+    seq_len = u.shape[-1]
+    fft_size = 2 * seq_len
+    real_dtype = spectrum.real.dtype
+    u_f = torch.fft.rfft(u.to(real_dtype), n=fft_size)
+    y = torch.fft.irfft(u_f * spectrum, n=fft_size, norm="forward")[..., :seq_len]
+    y = y + u.to(real_dtype) * skip.to(real_dtype)[:, None]
+    return y.to(u.dtype)
