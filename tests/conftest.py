@@ -1,0 +1,28 @@
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+from helpers import FIXTURES, tiny_config  # noqa: E402,F401
+
+
+@pytest.fixture
+def fixture_dir() -> Path:
+    path = FIXTURES / "m2bert-tiny-80m-layout"
+    if not path.is_dir():
+        pytest.fail(f"original-format fixtures not found at {path} (the repository expects ../shared beside it)")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,22 @@
+"""Shared test helpers."""
+
+from pathlib import Path
+
+import m2_hf
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "original-m2bert"
+
+
+def tiny_config(**overrides) -> m2_hf.M2Config:
+    """A small M2 config that runs in milliseconds on CPU."""
+    fields = dict(
+        vocab_size=99,
+        hidden_size=32,
+        num_hidden_layers=2,
+        intermediate_size=64,
+        max_position_embeddings=32,
+        filter_order=8,
+        hidden_dropout_prob=0.0,
+    )
+    fields.update(overrides)
+    return m2_hf.M2Config(**fields)
