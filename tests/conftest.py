@@ -11,7 +11,6 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-
 from helpers import FIXTURES, tiny_config  # noqa: E402,F401
 
 
@@ -19,7 +18,10 @@ from helpers import FIXTURES, tiny_config  # noqa: E402,F401
 def fixture_dir() -> Path:
     path = FIXTURES / "m2bert-tiny-80m-layout"
     if not path.is_dir():
-        pytest.fail(f"original-format fixtures not found at {path} (the repository expects ../shared beside it)")
+        message = f"original-format fixtures not found at {path} (expected ../shared beside the repository)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
     return path
 
 

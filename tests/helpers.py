@@ -1,10 +1,13 @@
 """Shared test helpers."""
 
+import os
 from pathlib import Path
 
 import m2_hf
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "original-m2bert"
+FIXTURES = Path(
+    os.environ.get("M2_HF_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "original-m2bert")
+)
 
 
 def tiny_config(**overrides) -> m2_hf.M2Config:
