@@ -1,0 +1,176 @@
+"""Throughput of the M2-BERT encoder against Hugging Face BERT, in one run on one device.
+
+Rows: M2-BERT-80M (the released configuration: 768 hidden, 12 layers, GLU block-diagonal MLP with 4 blocks,
+filter order 128, no pooler) on this package's pure-PyTorch path, and `transformers.BertModel` at bert-base size
+with `sdpa` and `eager` attention. Modes: inference (`no_grad`, `--infer-tokens` tokens per call) and training
+step (forward + backward of `mean(h^2)`, `--train-tokens` tokens per call). The batch is tokens / L.
+
+Prints tokens/s, ratios against BERT-sdpa and peak memory, and writes a Markdown table with the device,
+versions and date. Numbers are reported, never asserted.
+
+    python benchmarks/bench_encoder.py --lengths 512 1024 2048 4096 8192 16384 32768 --output benchmarks/results/encoder.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import BertConfig, BertModel
+
+import m2_hf
+
+
+@dataclass
+class Row:
+    model: str
+    length: int
+    batch: int
+    mode: str
+    ms: float
+    tokens_per_s: float
+    peak_gb: float
+
+
+def m2_bert_80m(length: int) -> m2_hf.M2Model:
+    config = m2_hf.M2Config(max_position_embeddings=length, hidden_dropout_prob=0.0, mask_padding=False)
+    return m2_hf.M2Model(config, add_pooling_layer=False)
+
+
+def bert_base(length: int, attention: str) -> BertModel:
+    config = BertConfig(max_position_embeddings=length, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    config._attn_implementation = attention
+    return BertModel(config, add_pooling_layer=False)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_calls(fn, device: torch.device, warmup: int, repeats: int) -> float:
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(name, model, length, tokens, mode, device, dtype, warmup, repeats) -> Row:
+    batch = max(1, tokens // length)
+    model = model.to(device).train(mode == "train")
+    ids = torch.randint(0, 30000, (batch, length), device=device)
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+    def infer():
+        with torch.no_grad(), autocast:
+            model(input_ids=ids)
+
+    def train_step():
+        with autocast:
+            hidden = model(input_ids=ids).last_hidden_state
+        hidden.float().pow(2).mean().backward()
+        model.zero_grad(set_to_none=True)
+
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = time_calls(infer if mode == "infer" else train_step, device, warmup, repeats)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    model.cpu()
+    return Row(name, length, batch, mode, seconds * 1e3, batch * length / seconds, peak)
+
+
+def run(lengths, modes, device, dtype, infer_tokens, train_tokens, warmup, repeats, skip_eager_above) -> list[Row]:
+    rows = []
+    for length in lengths:
+        candidates = [
+            ("M2-BERT-80M (torch reference)", lambda n=length: m2_bert_80m(n)),
+            ("BERT-base sdpa", lambda n=length: bert_base(n, "sdpa")),
+        ]
+        if length <= skip_eager_above:
+            candidates.append(("BERT-base eager", lambda n=length: bert_base(n, "eager")))
+        for mode in modes:
+            tokens = infer_tokens if mode == "infer" else train_tokens
+            for name, build in candidates:
+                torch.manual_seed(0)
+                try:
+                    rows.append(measure(name, build(), length, tokens, mode, device, dtype, warmup, repeats))
+                except torch.OutOfMemoryError:
+                    rows.append(Row(name, length, max(1, tokens // length), mode, float("nan"), float("nan"), float("nan")))
+                print(format_row(rows[-1], rows), flush=True)
+    return rows
+
+
+def baseline(row: Row, rows: list[Row]) -> Row | None:
+    for other in rows:
+        if other.model == "BERT-base sdpa" and (other.length, other.mode) == (row.length, row.mode):
+            return other
+    return None
+
+
+def format_row(row: Row, rows: list[Row]) -> str:
+    base = baseline(row, rows)
+    ratio = row.tokens_per_s / base.tokens_per_s if base is not None else float("nan")
+    return (
+        f"| {row.model} | {row.length} | {row.batch} | {row.mode} | {row.ms:.3f} | {row.tokens_per_s:,.0f} "
+        f"| {ratio:.2f}x | {row.peak_gb:.2f} |"
+    )
+
+
+def header(device: torch.device, dtype: torch.dtype) -> str:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
+    triton = "none"
+    try:
+        import triton
+
+        triton = triton.__version__
+    except ImportError:
+        pass
+    return (
+        f"Measured {datetime.date.today().isoformat()} on {name} ({device.type}), torch {torch.__version__}, "
+        f"triton {triton}, transformers {transformers.__version__}, m2-hf {m2_hf.__version__}, {dtype} autocast.\n\n"
+        "| model | L | batch | mode | ms | tokens/s | vs BERT-sdpa | peak GB |\n|---|---|---|---|---|---|---|---|"
+    )
+
+
+def main(argv=None) -> list[Row]:
+    parser = argparse.ArgumentParser(description="M2-BERT vs BERT encoder throughput")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192, 16384, 32768])
+    parser.add_argument("--modes", nargs="+", choices=["infer", "train"], default=["infer", "train"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
+    parser.add_argument("--infer-tokens", type=int, default=65536)
+    parser.add_argument("--train-tokens", type=int, default=32768)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--skip-eager-above", type=int, default=8192, help="longest L for eager attention")
+    parser.add_argument("--output", type=Path, help="write the Markdown table here")
+    args = parser.parse_args(argv)
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    print(header(device, dtype), flush=True)
+    rows = run(
+        args.lengths, args.modes, device, dtype, args.infer_tokens, args.train_tokens,
+        args.warmup, args.repeats, args.skip_eager_above,
+    )
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        table = "\n".join(format_row(row, rows) for row in rows)
+        args.output.write_text(f"{header(device, dtype)}\n{table}\n")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
