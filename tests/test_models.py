@@ -301,3 +301,11 @@ def test_encoder_weights_load_into_heads(tmp_path):
     torch.testing.assert_close(
         classifier.model.layers[1].mixer.long_filter.features, encoder.layers[1].mixer.long_filter.features
     )
+
+
+@pytest.mark.parametrize("model_class", HEADS[1:])
+def test_heads_return_tuples_when_config_says_so(model_class):
+    model = model_class(tiny_config(return_dict=False)).eval()
+    with torch.no_grad():
+        out = model(random_ids())
+    assert isinstance(out, tuple) and isinstance(out[0], torch.Tensor) and out[0].shape[0] == 3

@@ -428,6 +428,7 @@ class M2ForMaskedLM(M2PreTrainedModel):
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
             output_hidden_states=output_hidden_states,
+            return_dict=True,
         )
         hidden_states = outputs.last_hidden_state
         if labels is not None and tuple(labels.shape) != tuple(hidden_states.shape[:2]):
@@ -483,6 +484,7 @@ class M2ForSequenceClassification(M2PreTrainedModel):
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
             output_hidden_states=output_hidden_states,
+            return_dict=True,
         )
         logits = self.classifier(self.dropout(outputs.pooler_output))
         loss = None
@@ -524,6 +526,7 @@ class M2ForTokenClassification(M2PreTrainedModel):
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
             output_hidden_states=output_hidden_states,
+            return_dict=True,
         )
         logits = self.classifier(self.dropout(outputs.last_hidden_state))
         loss = None
