@@ -33,8 +33,7 @@ def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     out = {}
     for key, value in state_dict.items():
         for prefix in ("module.", "model.", "module."):
-            if key.startswith(prefix):
-                key = key[len(prefix) :]
+            key = key.removeprefix(prefix)
         out[key] = value
     return out
 
@@ -48,6 +47,11 @@ def config_from_original(original: dict, **overrides) -> M2Config:
         raise ConversionError("Only M2 checkpoints convert: monarch_mixer_sequence_mixing is not true in the config.")
     if original.get("use_flash_mm", False):
         raise ConversionError("use_flash_mm checkpoints use an incompatible layout (kernel-4 short conv).")
+    if original.get("hidden_act", "gelu") != "gelu":
+        raise ConversionError(
+            f"hidden_act={original['hidden_act']!r} does not convert: the original MLP always applies the exact GELU "
+            "and only its masked-LM head applies hidden_act, while the converted model uses one activation for both."
+        )
     lmax = original.get("max_position_embeddings", 512)
     filter_lmax = original.get("long_conv_l_max", lmax)
     fields = dict(
@@ -101,12 +105,61 @@ _RENAMES = [
     (r"^classifier\.", "classifier."),
 ]
 _FILTER = re.compile(r"^bert\.encoder\.layer\.(\d+)\.attention\.(filter_fn2?)\.(.+)$")
+_FILTER_MLP = re.compile(r"^(implicit_filter(?:_rev)?)\.(\d+)\.(weight|bias)$")
+_FILTER_FREQUENCY = re.compile(r"^implicit_filter(?:_rev)?\.\d+\.freq$")
 _FILTER_NAMES = {"filter_fn": "long_filter", "filter_fn2": "residual_filter"}
 _MLP_NAMES = {"implicit_filter": "forward_mlp", "implicit_filter_rev": "reverse_mlp"}
+TIED_DECODER_KEY = "cls.predictions.decoder.weight"
+
+
+def is_dropped_key(key: str) -> bool:
+    """Whether a (prefix-stripped) source key holds a constant the converted model does not store.
+
+    These are FlashFFTConv's constant FFT buffers and the embeddings' `position_ids` range.
+    """
+    return ".flashfft." in key or key.startswith("bert.encoder.flashfft.") or key == "bert.embeddings.position_ids"
+
+
+def map_key(key: str) -> str | None:
+    """The m2_hf name of a (prefix-stripped) source key that maps one-to-one onto a converted tensor.
+
+    Returns None for keys without such a rule: dropped or checked constants, the aliased filter frequencies, the
+    tied decoder weight, and keys no rule knows.
+    """
+    match = _FILTER.match(key)
+    if match:
+        layer, module, rest = match.groups()
+        prefix = f"model.layers.{layer}.mixer.{_FILTER_NAMES[module]}."
+        if rest == "bias":
+            return prefix + "skip"
+        if rest == "pos_emb.z":
+            return prefix + "features"
+        mlp = _FILTER_MLP.match(rest)
+        if mlp is None or int(mlp.group(2)) % 2:
+            return None
+        name, index, param = mlp.groups()
+        return f"{prefix}{_MLP_NAMES[name]}.{int(index) // 2}.{param}"
+    for pattern, replacement in _RENAMES:
+        if re.match(pattern, key):
+            return re.sub(pattern, replacement, key)
+    return None
 
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and torch.allclose(a.double(), b.double(), rtol=1e-5, atol=1e-6)
+
+
+def _check_filter_constant(key: str, rest: str, value: torch.Tensor, config: M2Config) -> None:
+    """Compare a filter's `pos_emb.t` or `modulation.deltas` buffer with the value the config implies."""
+    if rest == "pos_emb.t":
+        if not _close(value, filter_positions(config.filter_max_length)):
+            raise ConversionError(f"{key} does not match the filter grid of length {config.filter_max_length}.")
+    else:
+        expected = filter_decay_rates(
+            config.hidden_size, config.filter_decay_fast, config.filter_decay_slow, config.filter_decay_target
+        )
+        if not _close(value, expected):
+            raise ConversionError(f"{key} does not match the decay rates implied by the config.")
 
 
 def convert_state_dict(
@@ -121,55 +174,29 @@ def convert_state_dict(
     converted: dict[str, torch.Tensor] = {}
     unknown: list[str] = []
     frequencies: dict[str, list[tuple[str, torch.Tensor]]] = {}
-    grid = config.filter_max_length
     for key, value in state_dict.items():
-        if ".flashfft." in key or key.startswith("bert.encoder.flashfft.") or key == "bert.embeddings.position_ids":
+        if is_dropped_key(key):
             continue
-        if key == "cls.predictions.decoder.weight":
+        if key == TIED_DECODER_KEY:
             word = state_dict.get("bert.embeddings.word_embeddings.weight")
             if word is not None and not torch.equal(word, value):
-                raise ConversionError("cls.predictions.decoder.weight differs from the word embeddings it is tied to.")
+                raise ConversionError(f"{key} differs from the word embeddings it is tied to.")
             if word is None:
                 converted["model.embeddings.word_embeddings.weight"] = value
             continue
-        match = _FILTER.match(key)
-        if match:
-            layer, module, rest = match.groups()
-            prefix = f"model.layers.{layer}.mixer.{_FILTER_NAMES[module]}."
-            if rest == "bias":
-                converted[prefix + "skip"] = value
-            elif rest == "pos_emb.z":
-                converted[prefix + "features"] = value
-            elif rest == "pos_emb.t":
-                if not _close(value, filter_positions(grid)):
-                    raise ConversionError(f"{key} does not match the filter grid of length {grid}.")
-            elif rest == "modulation.deltas":
-                expected = filter_decay_rates(
-                    config.hidden_size, config.filter_decay_fast, config.filter_decay_slow, config.filter_decay_target
-                )
-                if not _close(value, expected):
-                    raise ConversionError(f"{key} does not match the decay rates implied by the config.")
-            else:
-                mlp = re.match(r"^(implicit_filter(?:_rev)?)\.(\d+)\.(weight|bias|freq)$", rest)
-                if mlp is None:
-                    unknown.append(key)
-                    continue
-                name, index, param = mlp.group(1), int(mlp.group(2)), mlp.group(3)
-                if param == "freq":
-                    frequencies.setdefault(prefix + "frequency", []).append((key, value))
-                elif index % 2 == 0:
-                    converted[f"{prefix}{_MLP_NAMES[name]}.{index // 2}.{param}"] = value
-                else:
-                    unknown.append(key)
+        target = map_key(key)
+        if target is not None:
+            if target.endswith(("mlp.in_proj.weight", "mlp.out_proj.weight")) and value.dim() == 2:
+                value = value.unsqueeze(0)  # a dense nn.Linear (use_monarch_mlp=False) is one block
+            converted[target] = value
             continue
-        for pattern, replacement in _RENAMES:
-            if re.match(pattern, key):
-                new_key = re.sub(pattern, replacement, key)
-                if new_key.endswith("mlp.in_proj.weight") or new_key.endswith("mlp.out_proj.weight"):
-                    if value.dim() == 2:  # a dense nn.Linear (use_monarch_mlp=False): one block
-                        value = value.unsqueeze(0)
-                converted[new_key] = value
-                break
+        match = _FILTER.match(key)
+        if match and match.group(3) in ("pos_emb.t", "modulation.deltas"):
+            _check_filter_constant(key, match.group(3), value, config)
+        elif match and _FILTER_FREQUENCY.match(match.group(3)):
+            layer, module = match.group(1), match.group(2)
+            target = f"model.layers.{layer}.mixer.{_FILTER_NAMES[module]}.frequency"
+            frequencies.setdefault(target, []).append((key, value))
         else:
             unknown.append(key)
     for target, sources in frequencies.items():

@@ -1,0 +1,105 @@
+"""The `m2-hf` command line.
+
+    m2-hf convert SRC DST [--config ORIGINAL_CONFIG_JSON | --preset NAME] [--dtype float32|bfloat16] [--force]
+                          [--[no-]pad-to-max-length] [--quiet]
+    m2-hf presets
+    m2-hf model-cards DIR
+
+Each command is a subparser registered in `build_parser`; its handler takes the parsed arguments and returns
+the exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from .conversion import PRESETS, ConversionError, convert_checkpoint, write_preset_cards
+from .conversion.convert import DTYPES
+
+
+def _convert(args: argparse.Namespace) -> int:
+    destination = convert_checkpoint(
+        args.src,
+        args.dst,
+        original_config=args.config,
+        preset=args.preset,
+        dtype=args.dtype,
+        pad_to_max_length=args.pad_to_max_length,
+        force=args.force,
+        show_progress=not args.quiet,
+    )
+    if not args.quiet:
+        print(f"Converted {args.src} -> {destination}")
+    return 0
+
+
+def _presets(args: argparse.Namespace) -> int:
+    width = max(len(name) for name in PRESETS)
+    for preset in PRESETS.values():
+        print(f"{preset.name:<{width}}  {preset.kind:<9}  length {preset.max_length:>6}  {preset.weights}")
+    return 0
+
+
+def _model_cards(args: argparse.Namespace) -> int:
+    for path in write_preset_cards(args.directory):
+        print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="m2-hf", description="Monarch Mixer (M2) models for Hugging Face Transformers."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    convert = commands.add_parser(
+        "convert",
+        help="convert an original M2-BERT checkpoint into a transformers folder",
+        description=(
+            "Convert an original M2-BERT checkpoint (composer .pt, pytorch_model.bin or .safetensors, or a folder "
+            "holding one with its config.json) into a folder that AutoModel / AutoModelForMaskedLM load after "
+            "`import m2_hf`."
+        ),
+    )
+    convert.add_argument("src", metavar="SRC", help="checkpoint file, or folder with a checkpoint and config.json")
+    convert.add_argument("dst", metavar="DST", help="output folder")
+    source_config = convert.add_mutually_exclusive_group()
+    source_config.add_argument("--config", metavar="ORIGINAL_CONFIG_JSON", help="the original config.json")
+    source_config.add_argument(
+        "--preset", metavar="NAME", choices=list(PRESETS), help=f"a released checkpoint's config: {', '.join(PRESETS)}"
+    )
+    convert.add_argument("--dtype", choices=list(DTYPES), default="float32", help="dtype of the saved weights")
+    convert.add_argument(
+        "--pad-to-max-length",
+        action=argparse.BooleanOptionalAction,
+        help="pad every input to the maximum length inside the model (default: only for the long-context presets)",
+    )
+    convert.add_argument("--force", action="store_true", help="replace DST if it exists")
+    convert.add_argument("-q", "--quiet", action="store_true", help="no progress bars or messages")
+    convert.set_defaults(handler=_convert)
+
+    presets = commands.add_parser("presets", help="list the released checkpoints --preset knows")
+    presets.set_defaults(handler=_presets)
+
+    cards = commands.add_parser("model-cards", help="write the model cards of the released checkpoints")
+    cards.add_argument("directory", metavar="DIR", help="output folder, e.g. model_cards/")
+    cards.set_defaults(handler=_model_cards)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with `argv` (default: `sys.argv[1:]`) and return the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO, format="%(message)s")
+    try:
+        return args.handler(args)
+    except (ConversionError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
