@@ -23,14 +23,17 @@ def filter_features(length: int, emb_dim: int) -> torch.Tensor:
     """Initial positional features `[1, length, emb_dim]`: `[t_i, Re e^{-i f w_i}, Im e^{-i f w_i}]`.
 
     `t_i = i / (length - 1)`, `w_i = 2 pi i / length` and `f` takes `(emb_dim - 1) // 2` bands from 1e-4 to
-    `bands - 1`. The features are trained afterwards (they are parameters, not a fixed encoding).
+    `bands - 1`. The features are trained afterwards (they are parameters, not a fixed encoding). They are
+    computed in at least float32 (CPU has no half-precision complex `exp`) and returned in the default dtype.
     """
+    dtype = torch.get_default_dtype()
+    compute_dtype = torch.promote_types(dtype, torch.float32)
     bands = (emb_dim - 1) // 2
-    time = torch.linspace(0, 1, length)[None, :, None]
-    angle = 2 * math.pi * torch.linspace(0, length - 1, length)[None, :, None] / length
-    freqs = torch.linspace(1e-4, bands - 1, bands)[None, None]
+    time = torch.linspace(0, 1, length, dtype=compute_dtype)[None, :, None]
+    angle = 2 * math.pi * torch.linspace(0, length - 1, length, dtype=compute_dtype)[None, :, None] / length
+    freqs = torch.linspace(1e-4, bands - 1, bands, dtype=compute_dtype)[None, None]
     phase = torch.exp(-1j * freqs * angle)
-    return torch.cat([time, phase.real, phase.imag], dim=-1)
+    return torch.cat([time, phase.real, phase.imag], dim=-1).to(dtype)
 
 
 def filter_positions(length: int) -> torch.Tensor:

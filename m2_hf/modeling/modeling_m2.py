@@ -239,6 +239,20 @@ def _check_ids(name: str, ids: torch.Tensor, upper: int, error: type[Exception])
         raise error(f"{name} must be in [0, {upper}), got values in [{low}, {high}].")
 
 
+def _record_hidden_states(hidden_states: torch.Tensor, seq_len: int, recorded: list) -> torch.Tensor:
+    """Append `hidden_states` cut to the input length `seq_len` to `recorded`; return the states to go on with.
+
+    When the model padded the input (`pad_to_max_length`), the states go on as the recorded cut concatenated with
+    the padding (the same values), so that the recorded tensor is part of the graph that computes the outputs.
+    """
+    if hidden_states.shape[1] == seq_len:
+        recorded.append(hidden_states)
+        return hidden_states
+    states, padding = hidden_states.split([seq_len, hidden_states.shape[1] - seq_len], dim=1)
+    recorded.append(states)
+    return torch.cat([states, padding], dim=1)
+
+
 class M2Model(M2PreTrainedModel):
     """The M2 encoder: embeddings, `num_hidden_layers` M2 layers and an optional pooler."""
 
@@ -353,11 +367,11 @@ class M2Model(M2PreTrainedModel):
 
         hidden_states = self.embeddings(input_ids, inputs_embeds, token_type_ids, position_ids)
         padding_mask = attention_mask.to(hidden_states.dtype).unsqueeze(1) if masking else None
-        all_hidden_states = [hidden_states] if output_hidden_states else None
+        all_hidden_states = [] if output_hidden_states else None
         for layer in self.layers:
-            hidden_states = layer(hidden_states, padding_mask)
             if output_hidden_states:
-                all_hidden_states.append(hidden_states)
+                hidden_states = _record_hidden_states(hidden_states, seq_len, all_hidden_states)
+            hidden_states = layer(hidden_states, padding_mask)
 
         pooled_output = None
         if self.pooler is not None:
@@ -366,8 +380,8 @@ class M2Model(M2PreTrainedModel):
 
         if hidden_states.shape[1] != seq_len:
             hidden_states = hidden_states[:, :seq_len]
-            if all_hidden_states is not None:
-                all_hidden_states = [h[:, :seq_len] for h in all_hidden_states]
+        if output_hidden_states:
+            all_hidden_states.append(hidden_states)
         return BaseModelOutputWithPooling(
             last_hidden_state=hidden_states,
             pooler_output=pooled_output,
