@@ -309,3 +309,11 @@ def test_heads_return_tuples_when_config_says_so(model_class):
     with torch.no_grad():
         out = model(random_ids())
     assert isinstance(out, tuple) and isinstance(out[0], torch.Tensor) and out[0].shape[0] == 3
+
+
+def test_pad_to_max_length_respects_a_shorter_filter_grid():
+    model = m2_hf.M2Model(tiny_config(max_position_embeddings=32, long_conv_max_length=20, pad_to_max_length=True))
+    out = model(random_ids(2, 7))
+    assert out.last_hidden_state.shape == (2, 7, 32)
+    with pytest.raises(ValueError, match="maximum sequence length 20"):
+        model(random_ids(1, 21))

@@ -89,7 +89,7 @@ class M2Config(PretrainedConfig):
             original M2-BERT semantics (the mask is ignored by the mixer; [PAD] is an ordinary token), which
             converted checkpoints need to reproduce their published numbers.
         pad_to_max_length (`bool`, defaults to `False`):
-            Right-pad every input with `pad_token_id` to `max_position_embeddings` inside the model and cut the
+            Right-pad every input with `pad_token_id` to the maximum sequence length inside the model and cut the
             outputs back to the input length. The released long-context retrieval models only give their
             trained embeddings for inputs padded this way.
         sparse_prediction (`bool`, defaults to `False`):

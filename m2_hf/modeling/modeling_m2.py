@@ -309,7 +309,7 @@ class M2Model(M2PreTrainedModel):
     def _pad_to_max_length(self, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids):
         """Right-pad every input to the trained length with [PAD] (mask 0, token type 0)."""
         batch, seq_len = attention_mask.shape
-        extra = self.config.max_position_embeddings - seq_len
+        extra = self.config.max_sequence_length - seq_len
         if extra <= 0:
             return input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids
         pad = self.config.pad_token_id
