@@ -9,6 +9,7 @@ from typing import ClassVar
 from unittest import mock
 
 import pytest
+from helpers import tiny_config
 from hf_common import load_hf_common_tests
 
 from m2_hf import M2Config, M2ForMaskedLM, M2ForSequenceClassification, M2ForTokenClassification, M2Model
@@ -36,64 +37,21 @@ MIXIN_MAPPINGS = {
 class M2ModelTester:
     """Tiny M2 configs and random inputs for the common tests."""
 
-    def __init__(
-        self,
-        parent,
-        batch_size=3,
-        seq_length=7,
-        is_training=True,
-        use_input_mask=True,
-        use_token_type_ids=True,
-        vocab_size=99,
-        hidden_size=32,
-        num_hidden_layers=2,
-        intermediate_size=64,
-        hidden_act="gelu",
-        hidden_dropout_prob=0.1,
-        max_position_embeddings=32,
-        type_vocab_size=2,
-        filter_order=8,
-        monarch_mlp_nblocks=4,
-        initializer_range=0.02,
-        num_labels=3,
-        **config_overrides,
-    ):
+    def __init__(self, parent, batch_size=3, seq_length=7, use_input_mask=True, use_token_type_ids=True, **overrides):
         self.parent = parent
         self.batch_size = batch_size
         self.seq_length = seq_length
-        self.is_training = is_training
+        self.is_training = True
         self.use_input_mask = use_input_mask
         self.use_token_type_ids = use_token_type_ids
-        self.vocab_size = vocab_size
-        self.hidden_size = hidden_size
-        self.num_hidden_layers = num_hidden_layers
-        self.intermediate_size = intermediate_size
-        self.hidden_act = hidden_act
-        self.hidden_dropout_prob = hidden_dropout_prob
-        self.max_position_embeddings = max_position_embeddings
-        self.type_vocab_size = type_vocab_size
-        self.filter_order = filter_order
-        self.monarch_mlp_nblocks = monarch_mlp_nblocks
-        self.initializer_range = initializer_range
-        self.num_labels = num_labels
-        self.config_overrides = config_overrides
+        self.config_overrides = {"hidden_dropout_prob": 0.1, "num_labels": 3, **overrides}
+        config = self.get_config()
+        # The attributes the mixin reads from its tester.
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "type_vocab_size", "num_labels"):
+            setattr(self, name, getattr(config, name))
 
     def get_config(self) -> M2Config:
-        return M2Config(
-            vocab_size=self.vocab_size,
-            hidden_size=self.hidden_size,
-            num_hidden_layers=self.num_hidden_layers,
-            intermediate_size=self.intermediate_size,
-            hidden_act=self.hidden_act,
-            hidden_dropout_prob=self.hidden_dropout_prob,
-            max_position_embeddings=self.max_position_embeddings,
-            type_vocab_size=self.type_vocab_size,
-            filter_order=self.filter_order,
-            monarch_mlp_nblocks=self.monarch_mlp_nblocks,
-            initializer_range=self.initializer_range,
-            num_labels=self.num_labels,
-            **self.config_overrides,
-        )
+        return tiny_config(**self.config_overrides)
 
     def prepare_config_and_inputs(self):
         input_ids = ids_tensor([self.batch_size, self.seq_length], self.vocab_size)
