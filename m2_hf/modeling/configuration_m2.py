@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
+from ..ops.backend import KERNEL_BACKENDS
+
 SEQUENCE_MIXERS = ("long_conv",)
 POOLING_MODES = ("first_token", "mean")
+NORM_POSITIONS = ("post", "pre")
+
 
 
 class M2Config(PretrainedConfig):
-    r"""Configuration for every M2 model (M2-BERT encoders and their heads).
+    r"""Configuration for every M2 model: M2-BERT encoders and their heads, M2-GPT and M2-ViT.
 
     The defaults describe the released M2-BERT-80M layout except for `mixer_layernorm` (set it for the
     converted 80M checkpoint) and `mask_padding` (on for models trained with this package).
@@ -36,7 +40,7 @@ class M2Config(PretrainedConfig):
             Length of the implicit long-filter grid; `max_position_embeddings` when unset. Filters for a shorter
             input are the first rows of this grid (truncated, not resampled).
         type_vocab_size (`int`, defaults to 2):
-            Number of token types (segments).
+            Number of token types (segments); 0 builds no token-type table (M2-GPT, M2-ViT).
         initializer_range (`float`, defaults to 0.02):
             Standard deviation of the normal initialiser for dense layers and embeddings.
         layer_norm_eps (`float`, defaults to 1e-12):
@@ -56,6 +60,9 @@ class M2Config(PretrainedConfig):
             `hyena_training_additions`).
         mixer_layernorm_eps (`float`, defaults to 1e-5):
             Epsilon of that LayerNorm.
+        norm_position (`str`, defaults to `"post"`):
+            `"post"`: M2-BERT's layer `LayerNorm(h + MLP(h))` with `h = mixer(x)`. `"pre"`: pre-norm residual
+            blocks `x + mixer(LayerNorm(x))`, `x + MLP(LayerNorm(x))` and a final LayerNorm (M2-GPT, M2-ViT).
         short_conv_size (`int`, defaults to 3):
             Kernel size of the causal depthwise convolution over the input projection.
         filter_order (`int`, defaults to 128):
@@ -101,6 +108,12 @@ class M2Config(PretrainedConfig):
             Tie the masked-LM decoder weight to the word embeddings.
         use_cache (`bool`, defaults to `True`):
             Whether generative heads return a cache.
+        image_size (`int`, defaults to 224), patch_size (`int`, defaults to 16), num_channels (`int`, defaults to 3):
+            Input geometry of the vision models: square images of `image_size` pixels cut into
+            `(image_size // patch_size) ** 2` patches.
+        kernel_backend (`str`, defaults to `"auto"`):
+            `"auto"`: the Triton kernels on CUDA tensors, the pure-PyTorch reference elsewhere; `"triton"` or
+            `"torch"` force one. The environment variable `M2_HF_KERNEL_BACKEND` overrides this field.
     """
 
     model_type = "m2"
@@ -125,6 +138,7 @@ class M2Config(PretrainedConfig):
         residual_long_conv: bool = True,
         mixer_layernorm: bool = False,
         mixer_layernorm_eps: float = 1e-5,
+        norm_position: str = "post",
         short_conv_size: int = 3,
         filter_order: int = 128,
         filter_emb_dim: int = 5,
@@ -145,6 +159,10 @@ class M2Config(PretrainedConfig):
         eos_token_id: int | None = None,
         tie_word_embeddings: bool = True,
         use_cache: bool = True,
+        image_size: int = 224,
+        patch_size: int = 16,
+        num_channels: int = 3,
+        kernel_backend: str = "auto",
         **kwargs,
     ):
         self.vocab_size = vocab_size
@@ -165,6 +183,7 @@ class M2Config(PretrainedConfig):
         self.residual_long_conv = residual_long_conv
         self.mixer_layernorm = mixer_layernorm
         self.mixer_layernorm_eps = mixer_layernorm_eps
+        self.norm_position = norm_position
         self.short_conv_size = short_conv_size
         self.filter_order = filter_order
         self.filter_emb_dim = filter_emb_dim
@@ -181,6 +200,10 @@ class M2Config(PretrainedConfig):
         self.pad_to_max_length = pad_to_max_length
         self.sparse_prediction = sparse_prediction
         self.use_cache = use_cache
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.num_channels = num_channels
+        self.kernel_backend = kernel_backend
         super().__init__(
             pad_token_id=pad_token_id,
             bos_token_id=bos_token_id,
@@ -210,15 +233,23 @@ class M2Config(PretrainedConfig):
             "num_hidden_layers",
             "intermediate_size",
             "max_position_embeddings",
-            "type_vocab_size",
             "short_conv_size",
             "filter_order",
             "monarch_mlp_nblocks",
+            "image_size",
+            "patch_size",
+            "num_channels",
         )
         for name in positive:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"M2Config.{name} must be a positive integer, got {value!r}.")
+        if isinstance(self.type_vocab_size, bool) or not isinstance(self.type_vocab_size, int) or self.type_vocab_size < 0:
+            raise ValueError(f"M2Config.type_vocab_size must be a non-negative integer, got {self.type_vocab_size!r}.")
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"M2Config.image_size={self.image_size} must be divisible by patch_size={self.patch_size}."
+            )
         if self.long_conv_max_length is not None and (
             isinstance(self.long_conv_max_length, bool)
             or not isinstance(self.long_conv_max_length, int)
@@ -247,6 +278,10 @@ class M2Config(PretrainedConfig):
             raise ValueError(f"M2Config.filter_emb_dim must be an odd integer >= 3 (3, 5, 7, ...), got {emb!r}.")
         if self.sequence_mixer not in SEQUENCE_MIXERS:
             raise ValueError(f"M2Config.sequence_mixer must be one of {SEQUENCE_MIXERS}, got {self.sequence_mixer!r}.")
+        if self.norm_position not in NORM_POSITIONS:
+            raise ValueError(f"M2Config.norm_position must be one of {NORM_POSITIONS}, got {self.norm_position!r}.")
+        if self.kernel_backend not in KERNEL_BACKENDS:
+            raise ValueError(f"M2Config.kernel_backend must be one of {KERNEL_BACKENDS}, got {self.kernel_backend!r}.")
         if self.pooling not in POOLING_MODES:
             raise ValueError(f"M2Config.pooling must be one of {POOLING_MODES}, got {self.pooling!r}.")
         for name in ("hidden_dropout_prob", "classifier_dropout"):

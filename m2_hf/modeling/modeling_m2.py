@@ -84,7 +84,9 @@ class M2Embeddings(nn.Module):
     def __init__(self, config: M2Config):
         super().__init__()
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
-        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.token_type_embeddings = (
+            nn.Embedding(config.type_vocab_size, config.hidden_size) if config.type_vocab_size > 0 else None
+        )
         self.position_embeddings = (
             nn.Embedding(config.max_position_embeddings, config.hidden_size)
             if config.use_position_embeddings
@@ -102,7 +104,9 @@ class M2Embeddings(nn.Module):
     ) -> torch.Tensor:
         if inputs_embeds is None:
             inputs_embeds = self.word_embeddings(input_ids)
-        embeddings = inputs_embeds + self.token_type_embeddings(token_type_ids)
+        embeddings = inputs_embeds
+        if self.token_type_embeddings is not None:
+            embeddings = embeddings + self.token_type_embeddings(token_type_ids)
         if self.position_embeddings is not None:
             embeddings = embeddings + self.position_embeddings(position_ids)
         return self.dropout(self.layernorm(embeddings))
@@ -292,6 +296,8 @@ class M2Model(M2PreTrainedModel):
             if tensor is not None and tuple(tensor.shape) != shape:
                 raise ValueError(f"{name} must have the shape of the input, {shape}, got {tuple(tensor.shape)}.")
         if token_type_ids is not None:
+            if self.config.type_vocab_size == 0:
+                raise ValueError("token_type_ids were given, but this model has no token types (type_vocab_size=0).")
             _check_ids("token_type_ids", token_type_ids, self.config.type_vocab_size, IndexError)
         if position_ids is not None and self.config.use_position_embeddings:
             _check_ids("position_ids", position_ids, self.config.max_position_embeddings, IndexError)

@@ -1,0 +1,53 @@
+"""Choice between the Triton kernels and the pure-PyTorch reference ops.
+
+`"auto"` takes the Triton kernels for CUDA tensors when Triton is installed and the reference otherwise;
+`"triton"` and `"torch"` force one. The environment variable `M2_HF_KERNEL_BACKEND` overrides the choice passed
+by the model (`M2Config.kernel_backend`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+KERNEL_BACKENDS = ("auto", "triton", "torch")
+ENV_VAR = "M2_HF_KERNEL_BACKEND"
+
+
+def triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def interpreting() -> bool:
+    """Whether Triton kernels run in the CPU interpreter (`TRITON_INTERPRET=1`)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def resolve_backend(requested: str = "auto") -> str:
+    """The backend in force: the environment variable if set, else `requested`."""
+    backend = os.environ.get(ENV_VAR, "").strip().lower() or requested
+    if backend not in KERNEL_BACKENDS:
+        source = ENV_VAR if os.environ.get(ENV_VAR, "").strip() else "kernel_backend"
+        raise ValueError(f"{source} must be one of {KERNEL_BACKENDS}, got {backend!r}.")
+    return backend
+
+
+def use_triton(tensor: torch.Tensor, requested: str = "auto") -> bool:
+    """Whether an op on `tensor` should run its Triton kernel.
+
+    Forcing `"triton"` on a CPU tensor is allowed only under the interpreter; otherwise it raises.
+    """
+    backend = resolve_backend(requested)
+    if backend == "torch":
+        return False
+    runnable = triton_available() and (tensor.is_cuda or interpreting())
+    if backend == "triton":
+        if not runnable:
+            raise RuntimeError(
+                f"kernel_backend='triton' was forced, but the Triton kernels cannot run on a {tensor.device.type} "
+                "tensor here (they need CUDA, or TRITON_INTERPRET=1 for the CPU interpreter)."
+            )
+        return True
+    return tensor.is_cuda and triton_available()
