@@ -11,7 +11,6 @@ POOLING_MODES = ("first_token", "mean")
 NORM_POSITIONS = ("post", "pre")
 
 
-
 class M2Config(PretrainedConfig):
     r"""Configuration for every M2 model: M2-BERT encoders and their heads, M2-GPT and M2-ViT.
 
