@@ -57,7 +57,9 @@ class M2ModelTester:
         input_ids = ids_tensor([self.batch_size, self.seq_length], self.vocab_size)
         attention_mask = random_attention_mask([self.batch_size, self.seq_length]) if self.use_input_mask else None
         token_type_ids = (
-            ids_tensor([self.batch_size, self.seq_length], self.type_vocab_size) if self.use_token_type_ids else None
+            ids_tensor([self.batch_size, self.seq_length], self.type_vocab_size)
+            if self.use_token_type_ids and self.type_vocab_size > 0
+            else None
         )
         return self.get_config(), input_ids, attention_mask, token_type_ids
 
@@ -104,11 +106,13 @@ class M2OriginalLayoutModelTest(M2ModelTest):
 
 
 class M2AlternativeBranchesModelTest(M2ModelTest):
-    """The non-default branches at once: causal mixer without the residual convolution, plain MLP with dense
-    projections, no position embeddings, mean pooling, padding to the trained length, sparse masked-LM prediction
+    """The non-default branches at once: pre-norm residual blocks, causal mixer without the residual convolution,
+    plain MLP with dense projections, no position embeddings, no token types, mean pooling, padding to the trained length, sparse masked-LM prediction
     and an untied decoder."""
 
     config_overrides: ClassVar[dict] = {
+        "norm_position": "pre",
+        "type_vocab_size": 0,
         "bidirectional": False,
         "residual_long_conv": False,
         "glu_mlp": False,

@@ -21,8 +21,9 @@ def random_ids(batch=3, length=12, vocab=99):
 
 @pytest.mark.parametrize("side", ["right", "left"])
 @pytest.mark.parametrize("pooling", ["first_token", "mean"])
-def test_padded_batch_equals_each_sequence_alone(side, pooling):
-    model = m2_hf.M2Model(tiny_config(pooling=pooling)).eval()
+@pytest.mark.parametrize("norm_position", ["post", "pre"])
+def test_padded_batch_equals_each_sequence_alone(side, pooling, norm_position):
+    model = m2_hf.M2Model(tiny_config(pooling=pooling, norm_position=norm_position)).eval()
     lengths = [12, 5, 9]
     sequences = [random_ids(1, n)[0] for n in lengths]
     width = max(lengths)

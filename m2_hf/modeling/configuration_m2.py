@@ -56,7 +56,7 @@ class M2Config(PretrainedConfig):
             Add a second (ungated) long convolution of the mixer input to the mixer output.
         mixer_layernorm (`bool`, defaults to `False`):
             Normalise the mixer input with a LayerNorm first (the released 80M model; the original's
-            `hyena_training_additions`).
+            `hyena_training_additions`). Always on with `norm_position="pre"`.
         mixer_layernorm_eps (`float`, defaults to 1e-5):
             Epsilon of that LayerNorm.
         norm_position (`str`, defaults to `"post"`):

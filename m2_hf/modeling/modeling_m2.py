@@ -4,9 +4,11 @@ An M2 layer replaces attention with a gated long convolution whose filters are i
 `implicit_filter.py`) and the dense MLP with block-diagonal (Monarch) projections:
 
     mixer:  x1, x2, v = shortconv(in_proj(u));  y = x2 * (longconv(v * x1) + D v) [+ longconv2(u) + D2 u]
-    layer:  h = out_proj(y);  out = LayerNorm(h + MLP(h))
+    layer:  h = out_proj(y);  out = LayerNorm(h + MLP(h))                        (norm_position="post")
+            h = x + out_proj(y(LayerNorm(x)));  out = h + MLP(LayerNorm(h))     (norm_position="pre")
 
-The layer is post-norm and its residual is the mixer output, exactly as in the original M2-BERT.
+The post-norm layer's residual is the mixer output, exactly as in the original M2-BERT. The pre-norm layer is the
+usual residual block of GPT- and ViT-style models; the model then ends with a final LayerNorm.
 """
 
 from __future__ import annotations
@@ -119,7 +121,8 @@ class M2LongConvMixer(nn.Module):
         super().__init__()
         hidden = config.hidden_size
         self.hidden_size = hidden
-        self.layernorm = nn.LayerNorm(hidden, eps=config.mixer_layernorm_eps) if config.mixer_layernorm else None
+        normalise_input = config.mixer_layernorm or config.norm_position == "pre"
+        self.layernorm = nn.LayerNorm(hidden, eps=config.mixer_layernorm_eps) if normalise_input else None
         self.in_proj = nn.Linear(hidden, 3 * hidden)
         self.short_conv = CausalShortConv(3 * hidden, config.short_conv_size)
         self.long_filter = M2ImplicitFilter(config)
@@ -149,11 +152,15 @@ class M2LongConvMixer(nn.Module):
 
 
 class M2MonarchMLP(nn.Module):
-    """`LayerNorm(x + out(act(gate) * value))` with block-diagonal projections (GLU), or without the gate."""
+    """`LayerNorm(x + out(act(gate) * value))` with block-diagonal projections (GLU), or without the gate.
+
+    With `norm_position="pre"` the LayerNorm moves to the input: `x + out(act(gate) * value)` of `LayerNorm(x)`.
+    """
 
     def __init__(self, config: M2Config):
         super().__init__()
         self.intermediate_size = config.intermediate_size
+        self.pre_norm = config.norm_position == "pre"
         self.glu = config.glu_mlp
         inner = 2 * config.intermediate_size if config.glu_mlp else config.intermediate_size
         self.in_proj = BlockDiagonalLinear(config.hidden_size, inner, config.monarch_mlp_nblocks, bias=False)
@@ -163,25 +170,33 @@ class M2MonarchMLP(nn.Module):
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        projected = self.in_proj(hidden_states)
+        projected = self.in_proj(self.layernorm(hidden_states) if self.pre_norm else hidden_states)
         if self.glu:
             gate, value = projected.split(self.intermediate_size, dim=-1)
             inner = self.act(gate) * value
         else:
             inner = self.act(projected)
-        return self.layernorm(self.out_proj(self.dropout(inner)) + hidden_states)
+        output = self.out_proj(self.dropout(inner)) + hidden_states
+        return output if self.pre_norm else self.layernorm(output)
 
 
 class M2Layer(GradientCheckpointingLayer):
-    """Sequence mixer, then the Monarch MLP whose residual is the mixer output (post-norm)."""
+    """Sequence mixer, then the Monarch MLP.
+
+    Post-norm (M2-BERT): the MLP's residual is the mixer output. Pre-norm: both sublayers are residual blocks.
+    """
 
     def __init__(self, config: M2Config):
         super().__init__()
+        self.pre_norm = config.norm_position == "pre"
         self.mixer = M2LongConvMixer(config)
         self.mlp = M2MonarchMLP(config)
 
     def forward(self, hidden_states: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.mlp(self.mixer(hidden_states, padding_mask))
+        mixed = self.mixer(hidden_states, padding_mask)
+        if self.pre_norm:
+            mixed = mixed + hidden_states
+        return self.mlp(mixed)
 
 
 class M2Pooler(nn.Module):
@@ -264,6 +279,9 @@ class M2Model(M2PreTrainedModel):
         super().__init__(config)
         self.embeddings = M2Embeddings(config)
         self.layers = nn.ModuleList([M2Layer(config) for _ in range(config.num_hidden_layers)])
+        self.final_layernorm = (
+            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.norm_position == "pre" else None
+        )
         self.pooler = M2Pooler(config) if add_pooling_layer else None
         self.post_init()
 
@@ -378,6 +396,8 @@ class M2Model(M2PreTrainedModel):
             if output_hidden_states:
                 hidden_states = _record_hidden_states(hidden_states, seq_len, all_hidden_states)
             hidden_states = layer(hidden_states, padding_mask)
+        if self.final_layernorm is not None:
+            hidden_states = self.final_layernorm(hidden_states)
 
         pooled_output = None
         if self.pooler is not None:
