@@ -10,6 +10,7 @@ from m2_hf.ops import (
     fft_long_conv,
     long_conv_kernel,
     long_conv_spectrum,
+    monarch_matmul,
 )
 
 from helpers import tiny_config
@@ -111,3 +112,23 @@ def test_mlp_block_structure_limits_dependencies():
     blocks = (jacobian.abs() > 0).reshape(4, 2, 4, 2).any(dim=(1, 3))
     expected = torch.tensor([[1, 0, 1, 0], [1, 0, 1, 0], [0, 1, 0, 1], [0, 1, 0, 1]], dtype=torch.bool)
     assert torch.equal(blocks, expected)
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 5, 2), (4, 4, 4, 4), (1, 2, 3, 5)])
+def test_monarch_matmul_equals_dense_permuted_block_product(shape):
+    """M = P L P^T R built as dense matrices: block_diag(R), the transpose permutation, block_diag(L), then P."""
+    k, q, p, s = shape
+    x = torch.randn(7, k * p, dtype=torch.float64)
+    right = torch.randn(k, q, p, dtype=torch.float64)
+    left = torch.randn(q, s, k, dtype=torch.float64)
+    regroup = torch.tensor([i * q + j for j in range(q) for i in range(k)])  # row j*k+i of P^T R is row i*q+j of R
+    interleave = torch.tensor([j * s + a for a in range(s) for j in range(q)])  # row a*q+j of P L is row j*s+a of L
+    dense = torch.block_diag(*left)[interleave] @ torch.block_diag(*right)[regroup]
+    torch.testing.assert_close(monarch_matmul(x, right, left), x @ dense.T, rtol=1e-12, atol=1e-12)
+
+
+def test_monarch_matmul_rejects_mismatched_factors():
+    with pytest.raises(ValueError, match="left must be"):
+        monarch_matmul(torch.randn(2, 6), torch.randn(2, 3, 3), torch.randn(2, 3, 2))
+    with pytest.raises(ValueError, match="input has 5 features"):
+        monarch_matmul(torch.randn(2, 5), torch.randn(2, 3, 3), torch.randn(3, 3, 2))

@@ -6,6 +6,7 @@ kernel is checked against. The un-suffixed name is the dispatching entry point t
 
 from .blockdiag import blockdiag_matmul, blockdiag_matmul_reference
 from .long_conv import fft_long_conv, fft_long_conv_reference, long_conv_kernel, long_conv_spectrum
+from .monarch import monarch_matmul, monarch_matmul_reference
 from .short_conv import causal_depthwise_conv, causal_depthwise_conv_reference
 
 __all__ = [
@@ -17,4 +18,6 @@ __all__ = [
     "fft_long_conv_reference",
     "long_conv_kernel",
     "long_conv_spectrum",
+    "monarch_matmul",
+    "monarch_matmul_reference",
 ]

@@ -1,0 +1,7 @@
+"""Order-2 Monarch matrix multiply."""
+
+from .reference import monarch_matmul_reference
+
+monarch_matmul = monarch_matmul_reference
+
+__all__ = ["monarch_matmul", "monarch_matmul_reference"]
