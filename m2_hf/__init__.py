@@ -6,7 +6,9 @@ classes, so `AutoModel*.from_pretrained` loads M2 folders without `trust_remote_
 
 from transformers import (
     AutoConfig,
+    AutoImageProcessor,
     AutoModel,
+    AutoModelForImageClassification,
     AutoModelForMaskedLM,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
@@ -14,12 +16,16 @@ from transformers import (
 
 from .modeling import (
     M2Config,
+    M2ForImageClassification,
     M2ForMaskedLM,
     M2ForSequenceClassification,
     M2ForTokenClassification,
     M2Model,
     M2PreTrainedModel,
+    M2VisionModel,
+    M2VisionPreTrainedModel,
 )
+from .modeling.modeling_m2_vision import vit_image_processor_classes
 
 __version__ = "0.1.0"
 
@@ -28,12 +34,19 @@ AutoModel.register(M2Config, M2Model, exist_ok=True)
 AutoModelForMaskedLM.register(M2Config, M2ForMaskedLM, exist_ok=True)
 AutoModelForSequenceClassification.register(M2Config, M2ForSequenceClassification, exist_ok=True)
 AutoModelForTokenClassification.register(M2Config, M2ForTokenClassification, exist_ok=True)
+AutoModelForImageClassification.register(M2Config, M2ForImageClassification, exist_ok=True)
+_image_processors = vit_image_processor_classes()
+if _image_processors:  # ViT's image processors, for the installed backends (pillow, torchvision)
+    AutoImageProcessor.register(M2Config, image_processor_classes=_image_processors, exist_ok=True)
 
 __all__ = [
     "M2Config",
+    "M2ForImageClassification",
     "M2ForMaskedLM",
     "M2ForSequenceClassification",
     "M2ForTokenClassification",
     "M2Model",
     "M2PreTrainedModel",
+    "M2VisionModel",
+    "M2VisionPreTrainedModel",
 ]

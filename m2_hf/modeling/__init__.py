@@ -8,12 +8,16 @@ from .modeling_m2 import (
     M2Model,
     M2PreTrainedModel,
 )
+from .modeling_m2_vision import M2ForImageClassification, M2VisionModel, M2VisionPreTrainedModel
 
 __all__ = [
     "M2Config",
+    "M2ForImageClassification",
     "M2ForMaskedLM",
     "M2ForSequenceClassification",
     "M2ForTokenClassification",
     "M2Model",
     "M2PreTrainedModel",
+    "M2VisionModel",
+    "M2VisionPreTrainedModel",
 ]
