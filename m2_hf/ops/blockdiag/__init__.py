@@ -1,7 +1,13 @@
-"""Block-diagonal (Monarch) matrix multiply."""
+"""Block-diagonal (Monarch) matrix multiply, plain and with a fused GLU epilogue."""
 
-from .reference import blockdiag_matmul_reference
+from .fused import blockdiag_glu, blockdiag_glu_triton, blockdiag_matmul, blockdiag_matmul_triton
+from .reference import blockdiag_glu_reference, blockdiag_matmul_reference
 
-blockdiag_matmul = blockdiag_matmul_reference
-
-__all__ = ["blockdiag_matmul", "blockdiag_matmul_reference"]
+__all__ = [
+    "blockdiag_glu",
+    "blockdiag_glu_reference",
+    "blockdiag_glu_triton",
+    "blockdiag_matmul",
+    "blockdiag_matmul_reference",
+    "blockdiag_matmul_triton",
+]

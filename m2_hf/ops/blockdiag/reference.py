@@ -1,25 +1,50 @@
-"""Pure-PyTorch block-diagonal (single-factor Monarch) matrix multiply."""
+"""Pure-PyTorch block-diagonal (single-factor Monarch) matrix multiply, plain and with a GLU epilogue."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+
+GLU_ACTIVATIONS = {"gelu": F.gelu, "silu": F.silu}
 
 
-def blockdiag_matmul_reference(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def check_blockdiag_shapes(x: torch.Tensor, weight: torch.Tensor) -> None:
+    """Raise if the last axis of `x` does not hold `nblocks * in_block` features."""
+    nblocks, _, in_block = weight.shape
+    if x.shape[-1] != nblocks * in_block:
+        raise ValueError(
+            f"blockdiag_matmul: input has {x.shape[-1]} features, the weight expects {nblocks} x {in_block}."
+        )
+
+
+def blockdiag_matmul_reference(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
     """Multiply the last axis of `x` by a block-diagonal matrix.
 
     Args:
         x: `[..., nblocks * in_block]`; chunk `b` of the last axis meets block `b` only.
         weight: `[nblocks, out_block, in_block]`.
+        bias: `[nblocks * out_block]` or None.
 
     Returns:
-        `[..., nblocks * out_block]`, i.e. `y_b = W_b @ x_b` for each contiguous chunk `b`.
+        `[..., nblocks * out_block]`, i.e. `y_b = W_b @ x_b (+ bias_b)` for each contiguous chunk `b`.
     """
+    check_blockdiag_shapes(x, weight)
     nblocks, out_block, in_block = weight.shape
-    if x.shape[-1] != nblocks * in_block:
-        raise ValueError(
-            f"blockdiag_matmul: input has {x.shape[-1]} features, the weight expects {nblocks} x {in_block}."
-        )
     x_blocks = x.reshape(*x.shape[:-1], nblocks, in_block)
     y_blocks = torch.einsum("...bi,boi->...bo", x_blocks, weight)
-    return y_blocks.reshape(*x.shape[:-1], nblocks * out_block)
+    y = y_blocks.reshape(*x.shape[:-1], nblocks * out_block)
+    return y if bias is None else y + bias
+
+
+def blockdiag_glu_reference(x: torch.Tensor, weight: torch.Tensor, activation: str = "gelu") -> torch.Tensor:
+    """`act(gate) * value`, where `[gate, value]` are the first and second halves of `blockdiag_matmul(x, W)`.
+
+    With more than one block the gate and the value come from different blocks (e.g. blocks 0-1 and 2-3 of 4).
+    `activation` is `"gelu"` (exact, erf-based) or `"silu"`.
+    """
+    if activation not in GLU_ACTIVATIONS:
+        raise ValueError(f"blockdiag_glu: activation must be one of {tuple(GLU_ACTIVATIONS)}, got {activation!r}.")
+    gate, value = blockdiag_matmul_reference(x, weight).chunk(2, dim=-1)
+    return GLU_ACTIVATIONS[activation](gate) * value
