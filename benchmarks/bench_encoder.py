@@ -1,11 +1,11 @@
 """Throughput of the M2-BERT encoder against Hugging Face BERT, in one run on one device.
 
 Rows: M2-BERT-80M (the released configuration: 768 hidden, 12 layers, GLU block-diagonal MLP with 4 blocks,
-filter order 128, no pooler) on this package's pure-PyTorch path, and `transformers.BertModel` at bert-base size
-with `sdpa` and `eager` attention. Modes: inference (`no_grad`, `--infer-tokens` tokens per call) and training
+filter order 128, no pooler) with this package's Triton kernels (CUDA only) and on its pure-PyTorch path, and
+`transformers.BertModel` at bert-base size with `sdpa` and `eager` attention. Modes: inference (`no_grad`, `--infer-tokens` tokens per call) and training
 step (forward + backward of `mean(h^2)`, `--train-tokens` tokens per call). The batch is tokens / L.
 
-Prints tokens/s, ratios against BERT-sdpa and peak memory, and writes a Markdown table with the device,
+Prints tokens/s, ratios against BERT-sdpa and against the M2 pure-PyTorch path, and peak memory, and writes a Markdown table with the device,
 versions and date. Numbers are reported, never asserted.
 
     python benchmarks/bench_encoder.py --lengths 512 1024 2048 4096 8192 16384 32768 --output benchmarks/results/encoder.md
@@ -39,8 +39,13 @@ class Row:
     peak_gb: float
 
 
-def m2_bert_80m(length: int) -> m2_hf.M2Model:
-    config = m2_hf.M2Config(max_position_embeddings=length, hidden_dropout_prob=0.0, mask_padding=False)
+M2_ROWS = {"triton": "M2-BERT-80M (Triton kernels)", "torch": "M2-BERT-80M (torch reference)"}
+
+
+def m2_bert_80m(length: int, backend: str) -> m2_hf.M2Model:
+    config = m2_hf.M2Config(
+        max_position_embeddings=length, hidden_dropout_prob=0.0, mask_padding=False, kernel_backend=backend
+    )
     return m2_hf.M2Model(config, add_pooling_layer=False)
 
 
@@ -93,13 +98,13 @@ def measure(name, model, length, tokens, mode, device, dtype, warmup, repeats) -
     return Row(name, length, batch, mode, seconds * 1e3, batch * length / seconds, peak)
 
 
-def run(lengths, modes, device, dtype, infer_tokens, train_tokens, warmup, repeats, skip_eager_above) -> list[Row]:
+def run(
+    lengths, modes, device, dtype, infer_tokens, train_tokens, warmup, repeats, skip_eager_above, backends
+) -> list[Row]:
     rows = []
     for length in lengths:
-        candidates = [
-            ("M2-BERT-80M (torch reference)", lambda n=length: m2_bert_80m(n)),
-            ("BERT-base sdpa", lambda n=length: bert_base(n, "sdpa")),
-        ]
+        candidates = [(M2_ROWS[backend], lambda n=length, b=backend: m2_bert_80m(n, b)) for backend in backends]
+        candidates.append(("BERT-base sdpa", lambda n=length: bert_base(n, "sdpa")))
         if length <= skip_eager_above:
             candidates.append(("BERT-base eager", lambda n=length: bert_base(n, "eager")))
         for mode in modes:
@@ -114,19 +119,19 @@ def run(lengths, modes, device, dtype, infer_tokens, train_tokens, warmup, repea
     return rows
 
 
-def baseline(row: Row, rows: list[Row]) -> Row | None:
+def ratio_to(name: str, row: Row, rows: list[Row]) -> float:
+    """`row`'s throughput over that of the row named `name` at the same length and mode (nan if absent)."""
     for other in rows:
-        if other.model == "BERT-base sdpa" and (other.length, other.mode) == (row.length, row.mode):
-            return other
-    return None
+        if other.model == name and (other.length, other.mode) == (row.length, row.mode):
+            return row.tokens_per_s / other.tokens_per_s
+    return float("nan")
 
 
 def format_row(row: Row, rows: list[Row]) -> str:
-    base = baseline(row, rows)
-    ratio = row.tokens_per_s / base.tokens_per_s if base is not None else float("nan")
     return (
         f"| {row.model} | {row.length} | {row.batch} | {row.mode} | {row.ms:.3f} | {row.tokens_per_s:,.0f} "
-        f"| {ratio:.2f}x | {row.peak_gb:.2f} |"
+        f"| {ratio_to('BERT-base sdpa', row, rows):.2f}x | {ratio_to(M2_ROWS['torch'], row, rows):.2f}x "
+        f"| {row.peak_gb:.2f} |"
     )
 
 
@@ -142,7 +147,8 @@ def header(device: torch.device, dtype: torch.dtype) -> str:
     return (
         f"Measured {datetime.date.today().isoformat()} on {name} ({device.type}), torch {torch.__version__}, "
         f"triton {triton}, transformers {transformers.__version__}, m2-hf {m2_hf.__version__}, {dtype} autocast.\n\n"
-        "| model | L | batch | mode | ms | tokens/s | vs BERT-sdpa | peak GB |\n|---|---|---|---|---|---|---|---|"
+        "| model | L | batch | mode | ms | tokens/s | vs BERT-sdpa | vs M2 torch | peak GB |\n"
+        "|---|---|---|---|---|---|---|---|---|"
     )
 
 
@@ -157,13 +163,17 @@ def main(argv=None) -> list[Row]:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--skip-eager-above", type=int, default=8192, help="longest L for eager attention")
+    parser.add_argument(
+        "--m2-backends", nargs="+", choices=list(M2_ROWS), help="M2 rows (default: triton and torch on CUDA, else torch)"
+    )
     parser.add_argument("--output", type=Path, help="write the Markdown table here")
     args = parser.parse_args(argv)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    backends = args.m2_backends or (["triton", "torch"] if device.type == "cuda" else ["torch"])
     print(header(device, dtype), flush=True)
     rows = run(
         args.lengths, args.modes, device, dtype, args.infer_tokens, args.train_tokens,
-        args.warmup, args.repeats, args.skip_eager_above,
+        args.warmup, args.repeats, args.skip_eager_above, backends,
     )
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
