@@ -50,3 +50,31 @@ def fft_long_conv_reference(u: torch.Tensor, spectrum: torch.Tensor, skip: torch
     y = torch.fft.irfft(u_f * spectrum, n=fft_size, norm="forward")[..., :seq_len]
     y = y + u.to(real_dtype) * skip.to(real_dtype)[:, None]
     return y.to(u.dtype)
+
+
+def gated_long_conv_reference(
+    u: torch.Tensor,
+    spectrum: torch.Tensor,
+    skip: torch.Tensor,
+    pre_gate: torch.Tensor | None = None,
+    post_gate: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Gated long convolution: `y = post_gate * (conv(u * pre_gate, k) + skip * (u * pre_gate))`.
+
+    Args:
+        u: `[B, H, L]` in any floating dtype.
+        spectrum: `[H, L + 1]` complex, from `long_conv_spectrum(kernel, L)`.
+        skip: `[H]`.
+        pre_gate, post_gate: broadcastable to `u`, or None for no gate.
+
+    Returns:
+        `[B, H, L]` in the dtype of `u`; the products, FFTs and skip term run in the spectrum's real precision.
+    """
+    real_dtype = spectrum.real.dtype
+    gated_input = u.to(real_dtype)
+    if pre_gate is not None:
+        gated_input = gated_input * pre_gate.to(real_dtype)
+    out = fft_long_conv_reference(gated_input, spectrum, skip)
+    if post_gate is not None:
+        out = out * post_gate.to(real_dtype)
+    return out.to(u.dtype)

@@ -1,0 +1,174 @@
+"""The gated long convolution as a custom op: fused Triton kernels, or the torch.fft reference.
+
+`gated_long_conv(u, spectrum, skip, pre_gate, post_gate)` computes
+`post_gate * (conv(u * pre_gate, k) + skip * (u * pre_gate))` and is the entry point the models call. It takes
+the fused kernels when `use_triton(u, backend)` says so and the length fits one program
+(`monarch_fft.fft_plan`: FFT sizes up to `MAX_FUSED_FFT_SIZE`, i.e. `L <= 4096`), with fp32/fp16/bf16 inputs and
+a complex64 spectrum. Everything else (longer sequences, float64, CPU without the interpreter) takes
+`gated_long_conv_reference`, the torch.fft path.
+
+The fused path converts the `[H, L + 1]` spectrum to the kernels' layout with `monarch_spectrum` (torch ops, so
+autograd carries its gradient back to `spectrum`) and calls the op `m2hf::gated_long_conv_monarch`, whose
+backward is the op `m2hf::gated_long_conv_monarch_backward`. The kernel module is imported when an op first
+runs, so that importing the package needs no Triton driver.
+"""
+
+from typing import Optional
+
+import torch
+
+from ..backend import use_triton
+from .monarch_fft import fft_plan, monarch_spectrum
+from .reference import gated_long_conv_reference
+
+FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _unit_stride(tensor: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """The kernels take any batch and channel strides (0 included) but need contiguous positions."""
+    if tensor is None or tensor.stride(-1) == 1:
+        return tensor
+    return tensor.contiguous()
+
+
+def _checked_plan(u: torch.Tensor, spectrum: torch.Tensor):
+    plan = fft_plan(u.shape[-1])
+    if plan is None or spectrum.shape != (u.shape[1], 2, plan.fft_size):
+        raise ValueError(
+            f"spectrum must be monarch_spectrum(..., {u.shape[-1]}) of shape [H, 2, N] for u of shape "
+            f"{tuple(u.shape)}, got {tuple(spectrum.shape)}."
+        )
+    return plan
+
+
+@torch.library.custom_op("m2hf::gated_long_conv_monarch", mutates_args=())
+def gated_long_conv_monarch(
+    u: torch.Tensor,
+    spectrum: torch.Tensor,
+    skip: torch.Tensor,
+    pre_gate: Optional[torch.Tensor] = None,
+    post_gate: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Fused gated long convolution on the Triton kernels (CUDA, or CPU under `TRITON_INTERPRET=1`).
+
+    Args:
+        u: `[B, H, L]` float32, float16 or bfloat16.
+        spectrum: `[H, 2, N]` float32 from `monarch_spectrum(spectrum, L)`; cacheable per filter and length.
+        skip: `[H]`.
+        pre_gate, post_gate: `[B, H, L]` (stride 0 along broadcast dimensions is fine), or None.
+
+    Returns:
+        A new contiguous `[B, H, L]` tensor in `u`'s dtype.
+    """
+    from .triton_long_conv import gated_long_conv_fwd_triton
+
+    plan = _checked_plan(u, spectrum)
+    return gated_long_conv_fwd_triton(
+        _unit_stride(u), spectrum.contiguous(), skip.contiguous(), _unit_stride(pre_gate), _unit_stride(post_gate), plan
+    )
+
+
+@gated_long_conv_monarch.register_fake
+def _(u, spectrum, skip, pre_gate=None, post_gate=None):
+    return u.new_empty(u.shape)
+
+
+@torch.library.custom_op("m2hf::gated_long_conv_monarch_backward", mutates_args=())
+def gated_long_conv_monarch_backward(
+    grad_out: torch.Tensor,
+    u: torch.Tensor,
+    spectrum: torch.Tensor,
+    skip: torch.Tensor,
+    pre_gate: Optional[torch.Tensor],
+    post_gate: Optional[torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of `gated_long_conv_monarch`: `(grad_u, grad_spectrum, grad_skip, grad_pre_gate,
+    grad_post_gate)`, an empty tensor standing for the gradient of an absent gate."""
+    from .triton_long_conv import gated_long_conv_bwd_triton
+
+    plan = _checked_plan(u, spectrum)
+    grad_u, grad_spectrum, grad_skip, grad_pre_gate, grad_post_gate = gated_long_conv_bwd_triton(
+        _unit_stride(grad_out), _unit_stride(u), spectrum.contiguous(), skip.contiguous(),
+        _unit_stride(pre_gate), _unit_stride(post_gate), plan,
+    )
+    absent = u.new_empty(0)
+    return (
+        grad_u,
+        grad_spectrum,
+        grad_skip,
+        absent if grad_pre_gate is None else grad_pre_gate,
+        absent if grad_post_gate is None else grad_post_gate,
+    )
+
+
+@gated_long_conv_monarch_backward.register_fake
+def _(grad_out, u, spectrum, skip, pre_gate, post_gate):
+    absent = u.new_empty(0)
+    return (
+        u.new_empty(u.shape),
+        spectrum.new_empty(spectrum.shape),
+        skip.new_empty(skip.shape),
+        absent if pre_gate is None else pre_gate.new_empty(pre_gate.shape),
+        absent if post_gate is None else post_gate.new_empty(post_gate.shape),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _backward(ctx, grad_out):
+    u, spectrum, skip, pre_gate, post_gate = ctx.saved_tensors
+    grad_u, grad_spectrum, grad_skip, grad_pre_gate, grad_post_gate = gated_long_conv_monarch_backward(
+        grad_out, u, spectrum, skip, pre_gate, post_gate
+    )
+    return (
+        grad_u,
+        grad_spectrum,
+        grad_skip,
+        None if pre_gate is None else grad_pre_gate,
+        None if post_gate is None else grad_post_gate,
+    )
+
+
+gated_long_conv_monarch.register_autograd(_backward, setup_context=_setup_context)
+
+
+def fused_path_supported(u: torch.Tensor, spectrum: torch.Tensor) -> bool:
+    """Whether the fused kernels cover this call: fp32/fp16/bf16 input, complex64 spectrum, `L <= 4096`."""
+    return u.dtype in FUSED_DTYPES and spectrum.dtype == torch.complex64 and fft_plan(u.shape[-1]) is not None
+
+
+def gated_long_conv(
+    u: torch.Tensor,
+    spectrum: torch.Tensor,
+    skip: torch.Tensor,
+    pre_gate: Optional[torch.Tensor] = None,
+    post_gate: Optional[torch.Tensor] = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Gated long convolution `post_gate * (conv(u * pre_gate, k) + skip * (u * pre_gate))`.
+
+    Args:
+        u: `[B, H, L]`.
+        spectrum: `[H, L + 1]` complex, from `long_conv_spectrum(long_conv_kernel(k_fwd, k_rev), L)`.
+        skip: `[H]`, the skip weight `D`.
+        pre_gate, post_gate: broadcastable to `u` (e.g. a `[B, 1, L]` padding mask folded into a gate), or None.
+        backend: `"auto"`, `"triton"` or `"torch"` (see `m2_hf.ops.backend`). Lengths or dtypes the fused kernels
+            do not cover take the torch.fft path whatever the backend.
+
+    Returns:
+        `[B, H, L]` in `u`'s dtype.
+    """
+    if not use_triton(u, backend) or not fused_path_supported(u, spectrum):
+        return gated_long_conv_reference(u, spectrum, skip, pre_gate, post_gate)
+    if pre_gate is not None:
+        pre_gate = pre_gate.expand_as(u)
+    if post_gate is not None:
+        post_gate = post_gate.expand_as(u)
+    return gated_long_conv_monarch(u, monarch_spectrum(spectrum, u.shape[-1]), skip, pre_gate, post_gate)
+
+
+def fft_long_conv(u: torch.Tensor, spectrum: torch.Tensor, skip: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+    """Ungated long convolution `conv(u, k) + skip * u` (`gated_long_conv` without gates)."""
+    return gated_long_conv(u, spectrum, skip, backend=backend)

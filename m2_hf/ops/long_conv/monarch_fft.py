@@ -1,0 +1,130 @@
+"""The FFT of the fused long convolution as a Monarch product of small DFT matrices.
+
+A length-`N` DFT with `N = N1 * N2` is computed on the signal reshaped row-major to `N1 x N2`
+(`x[n1, n2] = x[n1 * N2 + n2]`):
+
+    X[k1 + N1 * k2] = sum_n2 F_N2[n2, k2] * twiddle[k1, n2] * sum_n1 F_N1[k1, n1] * x[n1, n2]
+    twiddle[k1, n2] = exp(-2 pi i * k1 * n2 / N)
+
+i.e. a DFT along the columns (`F_N1 @ x`), a pointwise twiddle, and a DFT along the rows (`@ F_N2`). The result
+lands in the `N1 x N2` tile at `(k1, k2)`: the "Monarch order" of the frequencies. The inverse runs the same steps
+backwards with conjugated matrices and gives the time signal back in natural row-major order, so the filter
+spectrum only has to be stored once in Monarch order (`monarch_spectrum`).
+
+Sizes (`fft_plan`): `N` is the smallest power of two `>= max(2 L, 16)`. Up to `N = 128` the DFT is one dense
+matrix applied to a block of 16 rows (`[16, N/2] @ [N/2, N]`); from `N = 256` to `MAX_FUSED_FFT_SIZE` it is the
+two-factor product above with `N1 = 2^floor(log2(N) / 2)`, one row per program. Longer sequences take the
+torch.fft path.
+
+Padding the FFT beyond `2 L` is exact: the outputs `n < L` of the length-`2 L` circular convolution only use the
+kernel's lags `-(L - 1) .. L - 1`, which `monarch_spectrum` places at the same lags of the longer circle.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+MIN_FFT_SIZE = 16
+MAX_DENSE_FFT_SIZE = 128
+MAX_FUSED_FFT_SIZE = 8192
+DENSE_BLOCK_ROWS = 16
+MIN_DOT_SIZE = 16
+
+
+@dataclass(frozen=True)
+class FFTPlan:
+    """Tile geometry of the fused kernels for one sequence length.
+
+    `outer x inner` is the Monarch factorisation (`outer == 1`: one dense DFT of size `inner`). A program holds
+    `block_rows` rows of the batch; its time-domain tile is `[time_rows, time_cols]` (only the part of the padded
+    signal that can be nonzero) and its frequency tile `[freq_rows, inner]`.
+    """
+
+    seq_len: int
+    fft_size: int
+    outer: int
+    inner: int
+    block_rows: int
+    time_rows: int
+    time_cols: int
+    freq_rows: int
+
+    @property
+    def dense(self) -> bool:
+        return self.outer == 1
+
+
+def fft_size_for(seq_len: int) -> int:
+    """The FFT size of the fused kernels: the smallest power of two `>= max(2 * seq_len, 16)`."""
+    return max(MIN_FFT_SIZE, 1 << math.ceil(math.log2(2 * seq_len)))
+
+
+def fft_plan(seq_len: int) -> FFTPlan | None:
+    """The tile geometry for `seq_len`, or None when the FFT is too large for one program."""
+    if seq_len < 1:
+        raise ValueError(f"seq_len must be positive, got {seq_len}.")
+    fft_size = fft_size_for(seq_len)
+    if fft_size > MAX_FUSED_FFT_SIZE:
+        return None
+    if fft_size <= MAX_DENSE_FFT_SIZE:
+        # the nonzero half of the padded signal, at least one dot operand wide
+        time_cols = max(fft_size // 2, MIN_DOT_SIZE)
+        return FFTPlan(seq_len, fft_size, 1, fft_size, DENSE_BLOCK_ROWS, DENSE_BLOCK_ROWS, time_cols, DENSE_BLOCK_ROWS)
+    outer = 1 << (int(math.log2(fft_size)) // 2)
+    inner = fft_size // outer
+    # rows n1 >= outer / 2 of the signal tile are padding (L <= N / 2)
+    time_rows = max(outer // 2, MIN_DOT_SIZE)
+    return FFTPlan(seq_len, fft_size, outer, inner, 1, time_rows, inner, outer)
+
+
+def _unit_roots(rows: torch.Tensor, cols: torch.Tensor, size: int) -> torch.Tensor:
+    """`exp(-2 pi i * rows * cols / size)` as `[2, len(rows), len(cols)]` float32 (real, imaginary planes)."""
+    phase = (rows[:, None] * cols[None, :]) % size  # exact integer reduction before the float angle
+    angle = phase.to(torch.float64) * (-2.0 * math.pi / size)
+    return torch.stack([torch.cos(angle), torch.sin(angle)]).to(torch.float32)
+
+
+@lru_cache(maxsize=None)
+def dft_tables(outer: int, inner: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`(F_outer [2, outer, outer], F_inner [2, inner, inner], twiddle [2, outer, inner])`, float32 on `device`."""
+    size = outer * inner
+    outer_index = torch.arange(outer)
+    inner_index = torch.arange(inner)
+    tables = (
+        _unit_roots(outer_index, outer_index, outer),
+        _unit_roots(inner_index, inner_index, inner),
+        _unit_roots(outer_index, inner_index, size),
+    )
+    return tuple(table.to(device) for table in tables)
+
+
+def monarch_spectrum(spectrum: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """The filter spectrum in the layout of the fused kernels.
+
+    Args:
+        spectrum: `[H, seq_len + 1]` complex, from `long_conv_spectrum(kernel, seq_len)` (FFT size `2 * seq_len`,
+            scaled by `1 / (2 * seq_len)`).
+        seq_len: the sequence length `L`.
+
+    Returns:
+        `[H, 2, N]` float32 with `N = fft_size_for(seq_len)`: the real and imaginary planes of the full length-`N`
+        spectrum `K`, scaled so that `y = IDFT_unnormalised(DFT(s) * K)[:L]` is the convolution, each plane in
+        Monarch order (`[k1 * inner + k2]` holds frequency `k1 + outer * k2`). Differentiable in `spectrum`.
+    """
+    plan = fft_plan(seq_len)
+    if plan is None:
+        raise ValueError(f"seq_len={seq_len} needs an FFT larger than {MAX_FUSED_FFT_SIZE}.")
+    channels = spectrum.shape[0]
+    circle = 2 * seq_len
+    # time-domain kernel / (2L): lags 0..L-1 first, lag +-L at index L, lags -(L-1)..-1 last
+    kernel = torch.fft.irfft(spectrum.to(torch.complex64), n=circle)
+    padding = kernel.new_zeros(channels, plan.fft_size - circle + 1)
+    padded = torch.cat([kernel[:, :seq_len], padding, kernel[:, seq_len + 1 :]], dim=1)
+    # K = DFT(kernel) / N, and `kernel` already carries 1 / (2L)
+    full = torch.fft.fft(padded * (circle / plan.fft_size))
+    ordered = full.reshape(channels, plan.inner, plan.outer).transpose(1, 2)
+    return torch.stack([ordered.real, ordered.imag], dim=1).reshape(channels, 2, plan.fft_size).contiguous()
