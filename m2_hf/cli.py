@@ -4,6 +4,7 @@
                           [--[no-]pad-to-max-length] [--quiet]
     m2-hf presets
     m2-hf model-cards DIR
+    m2-hf export-remote-code DST
 
 Each command is a subparser registered in `build_parser`; its handler takes the parsed arguments and returns
 the exit status.
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 
 from .conversion import PRESETS, ConversionError, convert_checkpoint, write_preset_cards
 from .conversion.convert import DTYPES
+from .remote_code import RemoteCodeError, export_remote_code
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -45,6 +47,12 @@ def _presets(args: argparse.Namespace) -> int:
 
 def _model_cards(args: argparse.Namespace) -> int:
     for path in write_preset_cards(args.directory):
+        print(path)
+    return 0
+
+
+def _export_remote_code(args: argparse.Namespace) -> int:
+    for path in export_remote_code(args.dst):
         print(path)
     return 0
 
@@ -87,6 +95,17 @@ def build_parser() -> argparse.ArgumentParser:
     cards = commands.add_parser("model-cards", help="write the model cards of the released checkpoints")
     cards.add_argument("directory", metavar="DIR", help="output folder, e.g. model_cards/")
     cards.set_defaults(handler=_model_cards)
+
+    remote_code = commands.add_parser(
+        "export-remote-code",
+        help="make a saved M2 folder loadable with trust_remote_code=True, without m2_hf installed",
+        description=(
+            "Write the package's configuration and modeling code (pure-PyTorch operators) into a folder saved with "
+            "save_pretrained, and map the Auto classes to it in its config.json (auto_map)."
+        ),
+    )
+    remote_code.add_argument("dst", metavar="DST", help="a folder written by save_pretrained or m2-hf convert")
+    remote_code.set_defaults(handler=_export_remote_code)
     return parser
 
 
@@ -96,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO, format="%(message)s")
     try:
         return args.handler(args)
-    except (ConversionError, OSError) as error:
+    except (ConversionError, RemoteCodeError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
 
