@@ -91,25 +91,23 @@ def gated_long_conv_monarch_backward(
         _unit_stride(grad_out), _unit_stride(u), spectrum.contiguous(), skip.contiguous(),
         _unit_stride(pre_gate), _unit_stride(post_gate), plan,
     )
-    absent = u.new_empty(0)
     return (
         grad_u,
         grad_spectrum,
         grad_skip,
-        absent if grad_pre_gate is None else grad_pre_gate,
-        absent if grad_post_gate is None else grad_post_gate,
+        u.new_empty(0) if grad_pre_gate is None else grad_pre_gate,
+        u.new_empty(0) if grad_post_gate is None else grad_post_gate,
     )
 
 
 @gated_long_conv_monarch_backward.register_fake
 def _(grad_out, u, spectrum, skip, pre_gate, post_gate):
-    absent = u.new_empty(0)
     return (
         u.new_empty(u.shape),
         spectrum.new_empty(spectrum.shape),
         skip.new_empty(skip.shape),
-        absent if pre_gate is None else pre_gate.new_empty(pre_gate.shape),
-        absent if post_gate is None else post_gate.new_empty(post_gate.shape),
+        u.new_empty(0) if pre_gate is None else pre_gate.new_empty(pre_gate.shape),
+        u.new_empty(0) if post_gate is None else post_gate.new_empty(post_gate.shape),
     )
 
 
