@@ -18,3 +18,32 @@ def causal_depthwise_conv_reference(x: torch.Tensor, weight: torch.Tensor, bias:
     """
     kernel_size = weight.shape[-1]
     return F.conv1d(x, weight, bias, padding=kernel_size - 1, groups=x.shape[1])[..., : x.shape[-1]]
+
+
+def mixer_front_reference(
+    projected: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    padding_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sequence mixer's front: masked short conv of the in-projection, split and pre-gating.
+
+    Args:
+        projected: `[B, L, 3H]`, the in-projection's output.
+        weight: `[3H, 1, K]`, the depthwise short-conv weight; bias: `[3H]`.
+        padding_mask: `[B, L]` or `[B, 1, L]` (1 = real token), or None.
+
+    Returns:
+        `(gated_value, post_gate)`, both `[B, H, L]`: with `xs = conv(projected^T * mask)` split into
+        `pre_gate, post_gate, value`, `gated_value = value * pre_gate * mask`.
+    """
+    batch, length, channels = projected.shape
+    x = projected.transpose(1, 2)
+    mask = None if padding_mask is None else padding_mask.reshape(batch, 1, length).to(x.dtype)
+    if mask is not None:
+        x = x * mask
+    pre_gate, post_gate, value = causal_depthwise_conv_reference(x, weight, bias).split(channels // 3, dim=1)
+    gated_value = value * pre_gate
+    if mask is not None:
+        gated_value = gated_value * mask
+    return gated_value, post_gate
