@@ -4,12 +4,17 @@ Each operator has a pure-PyTorch reference (`*_reference`), the path used on CPU
 kernel is checked against. The un-suffixed name is the dispatching entry point the models call.
 """
 
-from .blockdiag import blockdiag_matmul, blockdiag_matmul_reference
+from .blockdiag import blockdiag_glu, blockdiag_glu_reference, blockdiag_matmul, blockdiag_matmul_reference
+from .layernorm import add_layernorm, add_layernorm_reference
 from .long_conv import fft_long_conv, fft_long_conv_reference, long_conv_kernel, long_conv_spectrum
 from .monarch import monarch_matmul, monarch_matmul_reference
-from .short_conv import causal_depthwise_conv, causal_depthwise_conv_reference
+from .short_conv import causal_depthwise_conv, causal_depthwise_conv_reference, mixer_front, mixer_front_reference
 
 __all__ = [
+    "add_layernorm",
+    "add_layernorm_reference",
+    "blockdiag_glu",
+    "blockdiag_glu_reference",
     "blockdiag_matmul",
     "blockdiag_matmul_reference",
     "causal_depthwise_conv",
@@ -18,6 +23,8 @@ __all__ = [
     "fft_long_conv_reference",
     "long_conv_kernel",
     "long_conv_spectrum",
+    "mixer_front",
+    "mixer_front_reference",
     "monarch_matmul",
     "monarch_matmul_reference",
 ]
