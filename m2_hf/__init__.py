@@ -8,6 +8,7 @@ from transformers import (
     AutoConfig,
     AutoImageProcessor,
     AutoModel,
+    AutoModelForCausalLM,
     AutoModelForImageClassification,
     AutoModelForMaskedLM,
     AutoModelForSequenceClassification,
@@ -16,6 +17,7 @@ from transformers import (
 
 from .modeling import (
     M2Config,
+    M2ForCausalLM,
     M2ForImageClassification,
     M2ForMaskedLM,
     M2ForSequenceClassification,
@@ -32,6 +34,7 @@ __version__ = "0.1.0"
 AutoConfig.register(M2Config.model_type, M2Config, exist_ok=True)
 AutoModel.register(M2Config, M2Model, exist_ok=True)
 AutoModelForMaskedLM.register(M2Config, M2ForMaskedLM, exist_ok=True)
+AutoModelForCausalLM.register(M2Config, M2ForCausalLM, exist_ok=True)
 AutoModelForSequenceClassification.register(M2Config, M2ForSequenceClassification, exist_ok=True)
 AutoModelForTokenClassification.register(M2Config, M2ForTokenClassification, exist_ok=True)
 AutoModelForImageClassification.register(M2Config, M2ForImageClassification, exist_ok=True)
@@ -41,6 +44,7 @@ if _image_processors:  # ViT's image processors, for the installed backends (pil
 
 __all__ = [
     "M2Config",
+    "M2ForCausalLM",
     "M2ForImageClassification",
     "M2ForMaskedLM",
     "M2ForSequenceClassification",

@@ -8,10 +8,12 @@ from .modeling_m2 import (
     M2Model,
     M2PreTrainedModel,
 )
+from .modeling_m2_causal import M2ForCausalLM
 from .modeling_m2_vision import M2ForImageClassification, M2VisionModel, M2VisionPreTrainedModel
 
 __all__ = [
     "M2Config",
+    "M2ForCausalLM",
     "M2ForImageClassification",
     "M2ForMaskedLM",
     "M2ForSequenceClassification",

@@ -13,6 +13,8 @@ usual residual block of GPT- and ViT-style models; the model then ends with a fi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from transformers import PreTrainedModel
@@ -28,8 +30,10 @@ from transformers.modeling_outputs import (
 from transformers.utils.generic import can_return_tuple
 
 from ..ops import blockdiag_matmul, causal_depthwise_conv, fft_long_conv
+from .cache_m2 import M2Cache, M2CacheLayer
 from .configuration_m2 import M2Config
 from .implicit_filter import M2ImplicitFilter, filter_decay_rates, filter_features, filter_positions
+from .monarch_mixer import M2MonarchSequenceMixer, MonarchLinear
 
 
 class BlockDiagonalLinear(nn.Module):
@@ -129,26 +133,57 @@ class M2LongConvMixer(nn.Module):
         self.residual_filter = M2ImplicitFilter(config) if config.residual_long_conv else None
         self.out_proj = nn.Linear(hidden, hidden)
 
-    def forward(self, hidden_states: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        padding_mask: torch.Tensor | None = None,
+        cache: M2CacheLayer | None = None,
+    ) -> torch.Tensor:
         """`hidden_states` `[B, L, H]`; `padding_mask` `[B, 1, L]` (1 = real token) zeroes padding before
-        every convolution, or None to convolve every position."""
+        every convolution, or None to convolve every position. With `cache` (causal mixers only) the input
+        continues the cached sequence and the cache is extended with it."""
         seq_len = hidden_states.shape[1]
         mixer_input = self.layernorm(hidden_states) if self.layernorm is not None else hidden_states
         projected = self.in_proj(mixer_input).transpose(1, 2)  # [B, 3H, L]
         if padding_mask is not None:
             projected = projected * padding_mask
-        projected = self.short_conv(projected)
+        if cache is None:
+            projected = self.short_conv(projected)
+        else:
+            # The cached last K-1 inputs go first; their outputs were produced at earlier steps.
+            projected = self.short_conv(cache.update_short_conv_input(projected))[..., -seq_len:]
         pre_gate, post_gate, value = projected.split(self.hidden_size, dim=1)
         gated_value = value * pre_gate
         if padding_mask is not None:
             gated_value = gated_value * padding_mask
-        mixed = fft_long_conv(gated_value, self.long_filter.spectrum(seq_len), self.long_filter.skip) * post_gate
+        residual = None
         if self.residual_filter is not None:
             residual = mixer_input.transpose(1, 2)
             if padding_mask is not None:
                 residual = residual * padding_mask
-            mixed = mixed + fft_long_conv(residual, self.residual_filter.spectrum(seq_len), self.residual_filter.skip)
+        if cache is not None:
+            gated_value, residual = cache.append_conv_inputs(gated_value, residual)  # the whole histories
+        mixed = self._long_conv(gated_value, seq_len, self.long_filter, cache, "long").to(post_gate.dtype) * post_gate
+        if residual is not None:
+            mixed = mixed + self._long_conv(residual, seq_len, self.residual_filter, cache, "residual").to(mixed.dtype)
         return self.out_proj(mixed.transpose(1, 2))
+
+    @staticmethod
+    def _long_conv(
+        history: torch.Tensor,
+        seq_len: int,
+        implicit_filter: M2ImplicitFilter,
+        cache: M2CacheLayer | None,
+        name: str,
+    ) -> torch.Tensor:
+        """Long convolution outputs `[B, H, seq_len]` for the last `seq_len` columns of `history` `[B, H, T]`."""
+        total = history.shape[-1]
+        if cache is not None and seq_len == 1 and total > 1:
+            # One decoding step: y[t] = sum_j k[t - j] s[j] + D s[t], a dot product with the reversed taps.
+            taps = cache.filter_taps(name, implicit_filter, total)
+            step = torch.einsum("bht,ht->bh", history, taps) + implicit_filter.skip.to(history.dtype) * history[..., -1]
+            return step[..., None]
+        return fft_long_conv(history, implicit_filter.spectrum(total), implicit_filter.skip)[..., total - seq_len :]
 
 
 class M2MonarchMLP(nn.Module):
@@ -163,10 +198,12 @@ class M2MonarchMLP(nn.Module):
         self.pre_norm = config.norm_position == "pre"
         self.glu = config.glu_mlp
         inner = 2 * config.intermediate_size if config.glu_mlp else config.intermediate_size
-        self.in_proj = BlockDiagonalLinear(config.hidden_size, inner, config.monarch_mlp_nblocks, bias=False)
+        # Order 1: M2-BERT's single block-diagonal factor; order 2: a Monarch matrix P L P^T R.
+        projection = BlockDiagonalLinear if config.monarch_mlp_order == 1 else MonarchLinear
+        self.in_proj = projection(config.hidden_size, inner, config.monarch_mlp_nblocks, bias=False)
         self.act = ACT2FN[config.hidden_act]
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.out_proj = BlockDiagonalLinear(config.intermediate_size, config.hidden_size, config.monarch_mlp_nblocks)
+        self.out_proj = projection(config.intermediate_size, config.hidden_size, config.monarch_mlp_nblocks)
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -189,11 +226,17 @@ class M2Layer(GradientCheckpointingLayer):
     def __init__(self, config: M2Config):
         super().__init__()
         self.pre_norm = config.norm_position == "pre"
-        self.mixer = M2LongConvMixer(config)
+        self.mixer = M2MonarchSequenceMixer(config) if config.sequence_mixer == "monarch" else M2LongConvMixer(config)
         self.mlp = M2MonarchMLP(config)
 
-    def forward(self, hidden_states: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        mixed = self.mixer(hidden_states, padding_mask)
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        padding_mask: torch.Tensor | None = None,
+        past_key_values: M2CacheLayer | None = None,
+    ) -> torch.Tensor:
+        """`past_key_values` is this layer's `M2CacheLayer` when decoding with a cache."""
+        mixed = self.mixer(hidden_states, padding_mask, past_key_values)
         if self.pre_norm:
             mixed = mixed + hidden_states
         return self.mlp(mixed)
@@ -244,7 +287,7 @@ class M2PreTrainedModel(PreTrainedModel):
                     config.hidden_size, config.filter_decay_fast, config.filter_decay_slow, config.filter_decay_target
                 ),
             )
-        elif isinstance(module, (BlockDiagonalLinear, CausalShortConv)):
+        elif isinstance(module, (BlockDiagonalLinear, CausalShortConv, MonarchLinear, M2MonarchSequenceMixer)):
             module.reset_parameters()
 
 
@@ -272,6 +315,13 @@ def _record_hidden_states(hidden_states: torch.Tensor, seq_len: int, recorded: l
     return torch.cat([states, padding], dim=1)
 
 
+@dataclass
+class M2ModelOutput(BaseModelOutputWithPooling):
+    """`BaseModelOutputWithPooling` plus the cache of a causal model (`past_key_values`, None without one)."""
+
+    past_key_values: M2Cache | None = None
+
+
 class M2Model(M2PreTrainedModel):
     """The M2 encoder: embeddings, `num_hidden_layers` M2 layers and an optional pooler."""
 
@@ -291,7 +341,7 @@ class M2Model(M2PreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embeddings.word_embeddings = value
 
-    def _validate_inputs(self, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids):
+    def _validate_inputs(self, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids, past_length=0):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids and inputs_embeds.")
         if input_ids is not None:
@@ -322,9 +372,10 @@ class M2Model(M2PreTrainedModel):
         seq_len, limit = shape[1], self.config.max_sequence_length
         if seq_len == 0:
             raise ValueError("The input sequence is empty (seq_len = 0).")
-        if seq_len > limit:
+        if past_length + seq_len > limit:
+            cached = f"{past_length} cached plus {seq_len} new tokens" if past_length else f"Input length {seq_len}"
             raise ValueError(
-                f"Input length {seq_len} exceeds this model's maximum sequence length {limit} "
+                f"{cached} exceeds this model's maximum sequence length {limit} "
                 "(max_position_embeddings / long_conv_max_length); truncate the input, e.g. with the tokenizer's "
                 f"truncation=True, max_length={limit}."
             )
@@ -359,17 +410,39 @@ class M2Model(M2PreTrainedModel):
         position_ids: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
+        past_key_values: M2Cache | None = None,
+        use_cache: bool | None = None,
         **kwargs,
-    ) -> BaseModelOutputWithPooling:
+    ) -> M2ModelOutput:
         r"""
         attention_mask (`torch.Tensor` of shape `(batch, seq_len)`, *optional*):
             1 for real tokens, 0 for padding. With `config.mask_padding` padding is zeroed before every
             convolution and positions count from the first real token; otherwise only mean pooling reads it.
+            With a cache it may also cover the cached tokens, `(batch, past + seq_len)`.
+        past_key_values (`M2Cache`, *optional*):
+            The state of the sequence so far (causal models only); the input continues it and it is updated in
+            place.
+        use_cache (`bool`, *optional*, defaults to `False`):
+            Return an `M2Cache` (a new one when `past_key_values` is None) to continue the sequence later.
         """
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
-        batch, seq_len = self._validate_inputs(input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids)
+        if use_cache and past_key_values is None:
+            past_key_values = M2Cache(self.config)
+        past_length = 0
+        if past_key_values is not None:
+            if self.config.bidirectional:
+                raise ValueError("A cache needs causal sequence mixers; this config is bidirectional.")
+            if self.config.pad_to_max_length:
+                raise ValueError("pad_to_max_length cannot be combined with a cache.")
+            past_length = past_key_values.get_seq_length()
+            new_length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+            if attention_mask is not None and attention_mask.dim() == 2 and attention_mask.shape[1] > new_length:
+                attention_mask = attention_mask[:, -new_length:]  # the cached part is already accounted for
+        batch, seq_len = self._validate_inputs(
+            input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids, past_length
+        )
         device = input_ids.device if input_ids is not None else inputs_embeds.device
         given_mask = attention_mask is not None
         if attention_mask is None:
@@ -388,14 +461,19 @@ class M2Model(M2PreTrainedModel):
                 position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
             else:
                 position_ids = torch.arange(attention_mask.shape[1], device=device).expand(batch, -1)
+            if past_key_values is not None:
+                position_ids = position_ids + past_key_values.position_offsets(batch, device)
+        if past_key_values is not None:
+            past_key_values.record_tokens(attention_mask if masking else torch.ones_like(attention_mask))
 
         hidden_states = self.embeddings(input_ids, inputs_embeds, token_type_ids, position_ids)
         padding_mask = attention_mask.to(hidden_states.dtype).unsqueeze(1) if masking else None
         all_hidden_states = [] if output_hidden_states else None
-        for layer in self.layers:
+        for index, layer in enumerate(self.layers):
             if output_hidden_states:
                 hidden_states = _record_hidden_states(hidden_states, seq_len, all_hidden_states)
-            hidden_states = layer(hidden_states, padding_mask)
+            layer_cache = past_key_values.layers[index] if past_key_values is not None else None
+            hidden_states = layer(hidden_states, padding_mask, past_key_values=layer_cache)
         if self.final_layernorm is not None:
             hidden_states = self.final_layernorm(hidden_states)
 
@@ -408,10 +486,11 @@ class M2Model(M2PreTrainedModel):
             hidden_states = hidden_states[:, :seq_len]
         if output_hidden_states:
             all_hidden_states.append(hidden_states)
-        return BaseModelOutputWithPooling(
+        return M2ModelOutput(
             last_hidden_state=hidden_states,
             pooler_output=pooled_output,
             hidden_states=tuple(all_hidden_states) if all_hidden_states is not None else None,
+            past_key_values=past_key_values,
         )
 
 

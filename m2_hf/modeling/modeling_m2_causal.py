@@ -1,0 +1,153 @@
+"""M2-GPT: a causal Monarch Mixer language model with a generation cache.
+
+The original authors have published no M2-GPT code. This model is the causal M2 block that the M2-BERT
+components give directly:
+
+    h = x + out_proj(x2 * (causalconv(v * x1; k) + D v) + causalconv(u; k2) + D2 u),   u = LayerNorm(x)
+    x' = h + MLP(LayerNorm(h))
+
+with `x1, x2, v` the causal short convolution of `in_proj(u)` and `causalconv(s; k)[t] = sum_{m <= t} k[m] s[t - m]`
+over implicit filters `k` (FFT size `2L`, zero padding). Design choices:
+
+- **Causal mixers** (`bidirectional=False`): one forward filter per long convolution, no reverse filter. The
+  short convolution is causal already, and the MLP is per position, so output `t` depends on inputs `<= t` only.
+- **Pre-norm residual blocks** (`norm_position="pre"`) with a final LayerNorm, as in GPT-2 and later decoders:
+  the residual stream stays un-normalised, which trains deep stacks more stably than M2-BERT's post-norm layer.
+- **No absolute position embeddings** (`use_position_embeddings=False`): the implicit filters (whose taps are a
+  function of the lag) and the causal short convolution already tell positions apart, and without a position table
+  the output of a token does not depend on where the prompt starts, which makes left-padded batches exact and frees
+  generation from a table lookup. Position embeddings still work when enabled; positions are counted per row from
+  the first real token, through the cache. The limit is the filter grid, `config.filter_max_length`.
+- **No token types** (`type_vocab_size=0`) and an output layer tied to the word embeddings.
+
+Generation keeps an `M2Cache` (see `cache_m2.py`): a new token costs `O(t * H)` for the convolution sums and
+`O(H^2)` for the projections instead of a pass over the prefix. Left padding is zeroed before every causal
+convolution, so a padded row generates what the unpadded prompt would.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import GenerationConfig, GenerationMixin
+from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.utils.generic import can_return_tuple
+
+from .cache_m2 import M2Cache
+from .configuration_m2 import M2Config
+from .modeling_m2 import M2Model, M2PreTrainedModel
+
+
+class M2ForCausalLM(M2PreTrainedModel, GenerationMixin):
+    """M2-GPT: a causal M2 decoder with a language-modelling head, usable with `generate()`.
+
+    Needs `config.bidirectional=False`; `norm_position="pre"`, `use_position_embeddings=False` and
+    `type_vocab_size=0` are the intended settings. Labels are the input ids (shifted inside the loss); -100 marks
+    positions without a target. Prompt plus generated tokens must fit in `config.max_sequence_length`.
+    """
+
+    _tied_weights_keys = {"lm_head.weight": "model.embeddings.word_embeddings.weight"}
+    _is_stateful = True  # the cache cannot be rewound, so assisted decoding is unavailable
+
+    def __init__(self, config: M2Config):
+        if config.bidirectional:
+            raise ValueError(
+                "M2ForCausalLM needs causal sequence mixers, but config.bidirectional is True: a bidirectional long "
+                "convolution lets every position see later tokens. Build the config with bidirectional=False."
+            )
+        super().__init__(config)
+        self.model = M2Model(config, add_pooling_layer=False)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        self.lm_head = new_embeddings
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        # The forward pass creates its own M2Cache; a DynamicCache has no place for convolution states.
+        return False
+
+    def _validate_generated_length(self, generation_config: GenerationConfig, input_ids_length: int, *args, **kwargs):
+        super()._validate_generated_length(generation_config, input_ids_length, *args, **kwargs)
+        limit = self.config.max_sequence_length
+        if generation_config.max_length > limit:
+            raise ValueError(
+                f"Generation could reach {generation_config.max_length} tokens (prompt of {input_ids_length} plus new "
+                f"tokens), beyond this model's maximum sequence length {limit} (the implicit-filter grid, "
+                f"config.filter_max_length). Lower max_new_tokens to at most {limit - input_ids_length}."
+            )
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        past_key_values: M2Cache | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ):
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids, past_key_values=past_key_values, attention_mask=attention_mask, use_cache=use_cache, **kwargs
+        )
+        if use_cache and past_key_values is not None and past_key_values.get_seq_length() > 0:
+            # Generated tokens are real tokens; the prompt's padding is already zeroed in the cache.
+            model_inputs["attention_mask"] = None
+        return model_inputs
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        past_key_values: M2Cache | None = None,
+        use_cache: bool | None = None,
+        labels: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        r"""
+        attention_mask (`torch.Tensor` of shape `(batch, seq_len)`, *optional*):
+            1 for real tokens, 0 for (left) padding, which is zeroed before every convolution.
+        past_key_values (`M2Cache`, *optional*):
+            The cache returned by an earlier call; the input continues that sequence.
+        use_cache (`bool`, *optional*):
+            Return a cache; defaults to `config.use_cache` in eval mode and to False in training.
+        labels (`torch.LongTensor` of shape `(batch, seq_len)`, *optional*):
+            Next-token targets, usually the input ids (the loss shifts them); -100 is ignored.
+        logits_to_keep (`int` or `torch.Tensor`, defaults to 0):
+            Compute logits for the last `logits_to_keep` positions only (0: all), or for the given indices.
+        """
+        if use_cache is None:
+            use_cache = self.config.use_cache and not self.training
+        outputs = self.model(
+            input_ids,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            output_hidden_states=output_hidden_states,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            return_dict=True,
+        )
+        hidden_states = outputs.last_hidden_state
+        kept = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, kept])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+        )
