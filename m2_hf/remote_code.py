@@ -35,7 +35,8 @@ OPS_MODULE = "ops"
 FORBIDDEN_IMPORTS = (PACKAGE, "triton")
 
 # The Auto classes that load each family of M2 models, with the package class each one maps to. A folder gets the
-# entries of the family its saved architecture belongs to, for every class the installed package has.
+# entries of the first family its saved architecture belongs to, for every class the installed package has. Unlike
+# the package's own registration, a vision folder maps `AutoModel` to the vision backbone.
 AUTO_CLASS_FAMILIES = (
     {
         "AutoModel": "M2Model",
@@ -43,8 +44,8 @@ AUTO_CLASS_FAMILIES = (
         "AutoModelForSequenceClassification": "M2ForSequenceClassification",
         "AutoModelForTokenClassification": "M2ForTokenClassification",
     },
-    {"AutoModelForCausalLM": "M2ForCausalLM"},
-    {"AutoModelForImageClassification": "M2ForImageClassification"},
+    {"AutoModel": "M2Model", "AutoModelForCausalLM": "M2ForCausalLM"},
+    {"AutoModel": "M2VisionModel", "AutoModelForImageClassification": "M2ForImageClassification"},
 )
 
 

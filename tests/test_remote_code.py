@@ -62,18 +62,20 @@ json.dump(report, open(sys.argv[4], "w"))
 
 
 def available_heads() -> dict[str, str]:
-    """Every package class the export maps an Auto class to, with that Auto class."""
-    return {
-        class_name: auto_class
-        for family in AUTO_CLASS_FAMILIES
-        for auto_class, class_name in family.items()
-        if hasattr(m2_hf, class_name)
-    }
+    """Every package class the export maps an Auto class to, with that Auto class (the first, for M2Model)."""
+    heads = {}
+    for family in AUTO_CLASS_FAMILIES:
+        for auto_class, class_name in family.items():
+            if hasattr(m2_hf, class_name):
+                heads.setdefault(class_name, auto_class)
+    return heads
 
 
 def head_config(class_name: str) -> m2_hf.M2Config:
-    if class_name == "M2ForImageClassification":
-        return tiny_config(image_size=8, patch_size=2, num_channels=3, type_vocab_size=0, kernel_backend="torch")
+    if class_name in ("M2ForImageClassification", "M2VisionModel"):
+        return tiny_config(
+            image_size=8, patch_size=2, norm_position="pre", type_vocab_size=0, num_labels=3, kernel_backend="torch"
+        )
     if class_name == "M2ForCausalLM":
         return tiny_config(bidirectional=False, norm_position="pre", type_vocab_size=0, kernel_backend="torch")
     return tiny_config(num_labels=3, kernel_backend="torch")
