@@ -1,0 +1,176 @@
+"""Fused gated long convolution (Triton, run by the CPU interpreter) against the torch.fft reference."""
+
+import pytest
+import torch
+
+from m2_hf.ops.long_conv import (
+    MAX_FUSED_FFT_SIZE,
+    fft_long_conv,
+    fft_long_conv_reference,
+    fft_plan,
+    fused_path_supported,
+    gated_long_conv,
+    gated_long_conv_monarch,
+    gated_long_conv_reference,
+    long_conv_kernel,
+    long_conv_spectrum,
+    monarch_spectrum,
+)
+from m2_hf.ops.long_conv import triton_long_conv
+
+# dense DFT (N = 16, 32, 128), two Monarch factors (16x16, 16x32, 32x32, 64x64); odd and non-power-of-two lengths
+LENGTHS = [7, 16, 33, 64, 100, 200, 300]
+
+
+@pytest.fixture(autouse=True)
+def poison_kernel_outputs(monkeypatch):
+    """Every buffer the kernels write starts as NaN, so an element they skip shows up."""
+
+    def nan_buffer(shape, dtype, device):
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+
+    monkeypatch.setattr(triton_long_conv, "new_buffer", nan_buffer)
+
+
+def make_spectrum(channels, seq_len, bidirectional, dtype=torch.float32):
+    forward_filter = torch.randn(channels, seq_len, dtype=dtype) / seq_len**0.5
+    reverse_filter = torch.randn(channels, seq_len, dtype=dtype) / seq_len**0.5 if bidirectional else None
+    return long_conv_spectrum(long_conv_kernel(forward_filter, reverse_filter), seq_len)
+
+
+def make_inputs(batch, channels, seq_len, bidirectional, gated, dtype=torch.float32):
+    """`(u, spectrum, skip, pre_gate, post_gate)`, all requiring grad (gates None when not gated)."""
+    u = torch.randn(batch, channels, seq_len, dtype=dtype)
+    spectrum = make_spectrum(channels, seq_len, bidirectional)
+    skip = torch.randn(channels)
+    pre_gate = torch.randn(batch, channels, seq_len, dtype=dtype) if gated else None
+    post_gate = torch.randn(batch, channels, seq_len, dtype=dtype) if gated else None
+    inputs = (u, spectrum, skip, pre_gate, post_gate)
+    return tuple(t.requires_grad_() if t is not None else None for t in inputs)
+
+
+def assert_close_to(actual, expected, rtol):
+    """Elementwise relative error `rtol`, with an absolute floor of `rtol` times the largest reference value."""
+    assert torch.isfinite(actual).all()
+    expected = expected.to(actual.dtype)
+    atol = rtol * expected.abs().max().item()
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)
+
+
+def check_against_reference(inputs, rtol, leaves=None):
+    """Forward and the gradients of every input (or of `leaves`) of the fused path against autograd of the
+    reference."""
+    grad_out = torch.randn_like(inputs[0])
+    out = gated_long_conv(*inputs, backend="triton")
+    expected = gated_long_conv_reference(*inputs)
+    assert out.dtype == expected.dtype and out.shape == expected.shape
+    assert_close_to(out, expected, rtol)
+    differentiable = leaves if leaves is not None else [t for t in inputs if t is not None]
+    grads = torch.autograd.grad(out, differentiable, grad_out, retain_graph=True)
+    expected_grads = torch.autograd.grad(expected, differentiable, grad_out)
+    for grad, expected_grad in zip(grads, expected_grads):
+        assert grad.dtype == expected_grad.dtype and grad.shape == expected_grad.shape
+        assert_close_to(grad, expected_grad, rtol)
+
+
+@pytest.mark.parametrize("seq_len", [1, 7, 16, 33, 100, 300, 4096])
+def test_fft_plan_covers_the_linear_convolution(seq_len):
+    plan = fft_plan(seq_len)
+    assert plan.fft_size >= 2 * seq_len and plan.outer * plan.inner == plan.fft_size
+    assert plan.time_rows * plan.time_cols >= seq_len * plan.block_rows
+    assert min(plan.time_rows, plan.time_cols, plan.freq_rows, plan.inner) >= 16  # GPU `tl.dot` minimum
+    assert fft_plan(MAX_FUSED_FFT_SIZE // 2 + 1) is None
+
+
+@pytest.mark.parametrize("seq_len", [1, 7, 33, 300])
+def test_monarch_spectrum_is_the_padded_kernel_spectrum(seq_len):
+    """Undoing the Monarch order, `IDFT(DFT(s) * K)` on the padded circle is the reference convolution."""
+    plan = fft_plan(seq_len)
+    spectrum = make_spectrum(3, seq_len, bidirectional=True, dtype=torch.float64)
+    signal = torch.randn(2, 3, seq_len, dtype=torch.float64)
+    layout = monarch_spectrum(spectrum, seq_len).to(torch.float64)
+    ordered = torch.complex(layout[:, 0], layout[:, 1]).reshape(3, plan.outer, plan.inner)
+    full = ordered.transpose(1, 2).reshape(3, plan.fft_size)  # frequency k1 + outer * k2
+    conv = torch.fft.ifft(torch.fft.fft(signal, n=plan.fft_size) * full, norm="forward").real[..., :seq_len]
+    expected = fft_long_conv_reference(signal, spectrum.to(torch.complex64), torch.zeros(3))
+    torch.testing.assert_close(conv, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+@pytest.mark.parametrize("seq_len", LENGTHS)
+def test_forward_and_backward_match_reference_fp32(seq_len, bidirectional):
+    check_against_reference(make_inputs(3, 2, seq_len, bidirectional, gated=True), rtol=1e-5)
+
+
+@pytest.mark.parametrize("seq_len", [7, 100])
+def test_ungated_matches_reference_fp32(seq_len):
+    check_against_reference(make_inputs(2, 3, seq_len, bidirectional=True, gated=False), rtol=1e-5)
+
+
+def test_longest_single_program_length_fp32():
+    """L = 1500: FFT size 4096 as 64 x 64, a partly filled last signal row."""
+    check_against_reference(make_inputs(1, 1, 1500, bidirectional=True, gated=True), rtol=1e-5)
+
+
+@pytest.mark.parametrize("seq_len", [33, 200])
+def test_fp16_matches_reference(seq_len):
+    """fp16 in and out, float32 inside: the reference on the same fp16 inputs, up to fp16 rounding."""
+    check_against_reference(make_inputs(2, 2, seq_len, bidirectional=True, gated=True, dtype=torch.float16), 2e-3)
+
+
+def test_broadcast_gate_and_strided_views():
+    """Inputs as the mixer makes them: channel slices of one `[B, 3H, L]` projection, a `[B, 1, L]` mask gate."""
+    batch, channels, seq_len = 2, 3, 40
+    projected = torch.randn(batch, 3 * channels, seq_len, requires_grad=True)
+    pre_gate, post_gate, value = projected.split(channels, dim=1)
+    mask = (torch.rand(batch, 1, seq_len) > 0.3).float().requires_grad_()
+    spectrum = make_spectrum(channels, seq_len, bidirectional=True).requires_grad_()
+    skip = torch.randn(channels, requires_grad=True)
+    inputs = (value, spectrum, skip, pre_gate * mask, post_gate)
+    check_against_reference(inputs, rtol=1e-5, leaves=[projected, mask, spectrum, skip])
+
+
+def test_lengths_beyond_one_program_fall_back_to_torch(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the fused kernel must not run for this call")
+
+    monkeypatch.setattr(triton_long_conv, "gated_long_conv_fwd_triton", refuse)
+    seq_len = MAX_FUSED_FFT_SIZE // 2 + 1
+    inputs = make_inputs(1, 2, seq_len, bidirectional=True, gated=True)
+    assert not fused_path_supported(inputs[0], inputs[1])
+    torch.testing.assert_close(gated_long_conv(*inputs, backend="triton"), gated_long_conv_reference(*inputs))
+    u64 = torch.randn(1, 2, 16, dtype=torch.float64)
+    spectrum64 = make_spectrum(2, 16, bidirectional=False, dtype=torch.float64)
+    assert not fused_path_supported(u64, spectrum64)
+    torch.testing.assert_close(
+        fft_long_conv(u64, spectrum64, torch.ones(2, dtype=torch.float64), backend="triton"),
+        fft_long_conv_reference(u64, spectrum64, torch.ones(2, dtype=torch.float64)),
+    )
+
+
+def test_fft_long_conv_is_the_ungated_op():
+    u, spectrum, skip, _, _ = make_inputs(2, 3, 20, bidirectional=True, gated=False)
+    expected = fft_long_conv_reference(u, spectrum, skip)
+    torch.testing.assert_close(fft_long_conv(u, spectrum, skip), expected, rtol=0, atol=0)  # CPU "auto": reference
+    assert_close_to(fft_long_conv(u, spectrum, skip, backend="triton"), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("gated", [True, False])
+def test_opcheck(gated):
+    u, spectrum, skip, pre_gate, post_gate = make_inputs(2, 2, 9, bidirectional=True, gated=gated)
+    layout = monarch_spectrum(spectrum, 9).detach().requires_grad_()
+    torch.library.opcheck(gated_long_conv_monarch, (u, layout, skip, pre_gate, post_gate))
+
+
+@pytest.mark.parametrize("kernel_backend", ["torch", "triton"])
+def test_compiles_fullgraph(kernel_backend):
+    """Dynamo traces the dispatch (backend choice included) and the opaque op into one graph, forward and
+    backward; `aot_eager` skips inductor's C++ build."""
+    inputs = make_inputs(2, 3, 24, bidirectional=True, gated=True)
+    compiled = torch.compile(gated_long_conv, fullgraph=True, backend="aot_eager")
+    out = compiled(*inputs, backend=kernel_backend)
+    expected = gated_long_conv_reference(*inputs)
+    assert_close_to(out, expected, rtol=1e-5)
+    grads = torch.autograd.grad(out.square().sum(), inputs)
+    for grad, expected_grad in zip(grads, torch.autograd.grad(expected.square().sum(), inputs)):
+        assert_close_to(grad, expected_grad, rtol=1e-5)
