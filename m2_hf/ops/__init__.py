@@ -6,7 +6,15 @@ kernel is checked against. The un-suffixed name is the dispatching entry point t
 
 from .blockdiag import blockdiag_glu, blockdiag_glu_reference, blockdiag_matmul, blockdiag_matmul_reference
 from .layernorm import add_layernorm, add_layernorm_reference
-from .long_conv import fft_long_conv, fft_long_conv_reference, long_conv_kernel, long_conv_spectrum
+from .long_conv import (
+    fft_long_conv,
+    fft_long_conv_reference,
+    gated_long_conv,
+    gated_long_conv_reference,
+    long_conv_kernel,
+    long_conv_spectrum,
+    monarch_spectrum,
+)
 from .monarch import monarch_matmul, monarch_matmul_reference
 from .short_conv import causal_depthwise_conv, causal_depthwise_conv_reference, mixer_front, mixer_front_reference
 
@@ -21,8 +29,11 @@ __all__ = [
     "causal_depthwise_conv_reference",
     "fft_long_conv",
     "fft_long_conv_reference",
+    "gated_long_conv",
+    "gated_long_conv_reference",
     "long_conv_kernel",
     "long_conv_spectrum",
+    "monarch_spectrum",
     "mixer_front",
     "mixer_front_reference",
     "monarch_matmul",
