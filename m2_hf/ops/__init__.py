@@ -33,9 +33,9 @@ __all__ = [
     "gated_long_conv_reference",
     "long_conv_kernel",
     "long_conv_spectrum",
-    "monarch_spectrum",
     "mixer_front",
     "mixer_front_reference",
     "monarch_matmul",
     "monarch_matmul_reference",
+    "monarch_spectrum",
 ]
