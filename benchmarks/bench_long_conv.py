@@ -1,0 +1,152 @@
+"""Gated long convolution: the fused Triton kernels against the torch.fft reference, in one run on one device.
+
+Each call computes `post_gate * (conv(u * pre_gate, k) + D * (u * pre_gate))` for `u` and both gates
+`[B, H, L]` in `--dtype` (bf16 by default) with `B = --tokens / L`, and a bidirectional filter spectrum. Modes:
+forward (`no_grad`) and forward + backward of every input (`train`). The Triton rows need CUDA (the CPU
+interpreter is far too slow to time); on CPU only the reference is timed, which keeps the script checkable
+without a GPU. Lengths whose FFT exceeds one program (`L > 4096`) run the torch.fft fallback in the "triton"
+row too; the `path` column says so. Numbers are reported, never asserted.
+
+    python benchmarks/bench_long_conv.py --output benchmarks/results/long-conv-$(date +%F).md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import m2_hf
+from m2_hf.ops.long_conv import fused_path_supported, gated_long_conv, long_conv_kernel, long_conv_spectrum
+
+
+@dataclass
+class Row:
+    backend: str
+    path: str
+    length: int
+    batch: int
+    mode: str
+    ms: float
+    peak_gb: float | None
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_calls(fn, device: torch.device, warmup: int, repeats: int) -> float:
+    """Median wall time of `fn` in milliseconds, synchronising the device around every call."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def make_inputs(length: int, batch: int, channels: int, device: torch.device, dtype: torch.dtype):
+    """`(u, spectrum, skip, pre_gate, post_gate)`; every tensor requires grad."""
+    forward_filter = torch.randn(channels, length, device=device) / length**0.5
+    reverse_filter = torch.randn(channels, length, device=device) / length**0.5
+    spectrum = long_conv_spectrum(long_conv_kernel(forward_filter, reverse_filter), length)
+    skip = torch.randn(channels, device=device)
+    u, pre_gate, post_gate = (torch.randn(batch, channels, length, device=device, dtype=dtype) for _ in range(3))
+    return tuple(t.requires_grad_() for t in (u, spectrum, skip, pre_gate, post_gate))
+
+
+def measure(backend, length, batch, channels, mode, device, dtype, warmup, repeats) -> Row:
+    inputs = make_inputs(length, batch, channels, device, dtype)
+    u, spectrum, skip, pre_gate, post_gate = inputs
+    grad_out = torch.randn_like(u)
+
+    def forward():
+        with torch.no_grad():
+            gated_long_conv(u, spectrum, skip, pre_gate, post_gate, backend=backend)
+
+    def forward_backward():
+        out = gated_long_conv(u, spectrum, skip, pre_gate, post_gate, backend=backend)
+        torch.autograd.grad(out, inputs, grad_out)
+
+    fused = backend == "triton" and fused_path_supported(u, spectrum)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    ms = time_calls(forward if mode == "fwd" else forward_backward, device, warmup, repeats)
+    peak_gb = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return Row(backend, "fused" if fused else "torch.fft", length, batch, mode, ms, peak_gb)
+
+
+def header(device: torch.device, dtype: torch.dtype, channels: int, tokens: int) -> str:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "none"
+    return (
+        f"Measured {datetime.date.today().isoformat()} on {name} ({device.type}), torch {torch.__version__}, "
+        f"triton {triton_version}, m2-hf {m2_hf.__version__}; gated long conv, {dtype} inputs, H = {channels}, "
+        f"{tokens} tokens per call.\n\n"
+        "| backend | path | L | batch | mode | ms | vs torch | peak GB |\n"
+        "|---|---|---|---|---|---|---|---|"
+    )
+
+
+def format_row(row: Row, rows: list[Row]) -> str:
+    baseline = next((r for r in rows if r.backend == "torch" and (r.length, r.mode) == (row.length, row.mode)), None)
+    speedup = f"{baseline.ms / row.ms:.2f}x" if baseline is not None else "-"
+    peak = f"{row.peak_gb:.2f}" if row.peak_gb is not None else "-"
+    return (
+        f"| {row.backend} | {row.path} | {row.length} | {row.batch} | {row.mode} | {row.ms:.3f} | {speedup} | {peak} |"
+    )
+
+
+def main(argv=None) -> list[Row]:
+    parser = argparse.ArgumentParser(description="Fused Triton gated long convolution vs torch.fft")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192, 16384, 32768])
+    parser.add_argument("--modes", nargs="+", choices=["fwd", "train"], default=["fwd", "train"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
+    parser.add_argument("--tokens", type=int, default=65536, help="batch * L per call")
+    parser.add_argument("--channels", type=int, default=768)
+    parser.add_argument("--backends", nargs="+", choices=["triton", "torch"], help="default: both on CUDA, torch on CPU")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--output", type=Path, help="write the Markdown table here")
+    args = parser.parse_args(argv)
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    backends = args.backends or (["triton", "torch"] if device.type == "cuda" else ["torch"])
+    if "triton" in backends and device.type != "cuda":
+        parser.error("the triton rows need a CUDA device; on CPU time the reference alone (--backends torch)")
+    print(header(device, dtype, args.channels, args.tokens), flush=True)
+    rows = []
+    for length in args.lengths:
+        batch = max(1, args.tokens // length)
+        for mode in args.modes:
+            for backend in backends:
+                rows.append(
+                    measure(backend, length, batch, args.channels, mode, device, dtype, args.warmup, args.repeats)
+                )
+                print(format_row(rows[-1], rows), flush=True)
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(header(device, dtype, args.channels, args.tokens) + "\n" + "\n".join(
+            format_row(row, rows) for row in rows
+        ) + "\n")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
