@@ -55,6 +55,11 @@ class M2ForCausalLM(M2PreTrainedModel, GenerationMixin):
                 "M2ForCausalLM needs causal sequence mixers, but config.bidirectional is True: a bidirectional long "
                 "convolution lets every position see later tokens. Build the config with bidirectional=False."
             )
+        if config.sequence_mixer != "long_conv":
+            raise ValueError(
+                f"M2ForCausalLM needs the causal long-convolution mixer (sequence_mixer='long_conv'), got "
+                f"sequence_mixer={config.sequence_mixer!r}."
+            )
         super().__init__(config)
         self.model = M2Model(config, add_pooling_layer=False)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
