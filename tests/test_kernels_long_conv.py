@@ -1,5 +1,9 @@
 """Fused gated long convolution (Triton, run by the CPU interpreter) against the torch.fft reference."""
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -174,3 +178,19 @@ def test_compiles_fullgraph(kernel_backend):
     grads = torch.autograd.grad(out.square().sum(), inputs)
     for grad, expected_grad in zip(grads, torch.autograd.grad(expected.square().sum(), inputs)):
         assert_close_to(grad, expected_grad, rtol=1e-5)
+
+
+def test_benchmark_smoke(tmp_path):
+    """The micro-benchmark runs on CPU (reference rows only); its numbers are not checked."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_long_conv.py"
+    spec = importlib.util.spec_from_file_location("bench_long_conv", path)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # dataclasses resolve their module through sys.modules
+    spec.loader.exec_module(bench)
+    output = tmp_path / "table.md"
+    rows = bench.main(
+        ["--lengths", "16", "--device", "cpu", "--dtype", "float32", "--tokens", "32", "--channels", "4",
+         "--warmup", "0", "--repeats", "1", "--output", str(output)]
+    )
+    assert [(r.backend, r.mode) for r in rows] == [("torch", "fwd"), ("torch", "train")]
+    assert output.read_text().count("\n| torch |") == 2
