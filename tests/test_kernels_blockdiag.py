@@ -1,0 +1,151 @@
+"""Block-diagonal matmul, its GLU epilogue and the order-2 Monarch multiply: Triton (CPU interpreter) vs reference."""
+
+import pytest
+import torch
+
+from m2_hf.ops import blockdiag_glu, blockdiag_matmul, monarch_matmul
+from m2_hf.ops.blockdiag import (
+    blockdiag_glu_reference,
+    blockdiag_glu_triton,
+    blockdiag_matmul_reference,
+    blockdiag_matmul_triton,
+    kernels,
+)
+from m2_hf.ops.monarch import monarch_matmul_reference, monarch_matmul_triton
+
+RTOL = {torch.float32: 1e-5, torch.float16: 1e-2}
+
+
+@pytest.fixture(autouse=True)
+def poison_kernel_outputs(monkeypatch):
+    """Every buffer the kernels write starts as NaN, so an element they skip shows up."""
+
+    def nan_buffer(shape, dtype, device):
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+
+    monkeypatch.setattr(kernels, "new_buffer", nan_buffer)
+
+
+def assert_relative_close(actual, expected, rtol):
+    """Largest error at most `rtol` times the largest reference magnitude; no NaN left anywhere."""
+    assert torch.isfinite(actual).all()
+    error = (actual.float() - expected.float()).abs().max().item()
+    assert error <= rtol * expected.float().abs().max().item(), f"max error {error}"
+
+
+def check_against_reference(fused, reference, inputs, dtype):
+    """Forward and every input gradient of `fused` on `dtype` inputs vs `reference` on their fp32 copies."""
+    low = [t.to(dtype).requires_grad_() if t is not None else None for t in inputs]
+    high = [t.detach().float().requires_grad_() if t is not None else None for t in low]
+    out = fused(*low)
+    expected = reference(*high)
+    assert out.dtype == dtype and out.shape == expected.shape
+    assert_relative_close(out, expected, RTOL[dtype])
+    grad = torch.randn_like(expected)
+    needs = [t for t in low if t is not None]
+    grads = torch.autograd.grad(out, needs, grad.to(dtype))
+    expected_grads = torch.autograd.grad(expected, [t for t in high if t is not None], grad)
+    for actual, wanted, source in zip(grads, expected_grads, needs):
+        assert actual.dtype == source.dtype and actual.shape == source.shape
+        assert_relative_close(actual, wanted, RTOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("nblocks, in_block, out_block", [(1, 12, 10), (2, 5, 7), (4, 6, 3), (3, 17, 18)])
+def test_blockdiag_matmul(nblocks, in_block, out_block, with_bias, dtype):
+    x = torch.randn(2, 7, nblocks * in_block)
+    weight = torch.randn(nblocks, out_block, in_block) / in_block**0.5
+    bias = torch.randn(nblocks * out_block) if with_bias else None
+    check_against_reference(
+        lambda x, w, b: blockdiag_matmul(x, w, b, backend="triton"), blockdiag_matmul_reference, (x, weight, bias), dtype
+    )
+
+
+def test_blockdiag_matmul_reads_strided_rows():
+    """A row-strided input (every other token of a wider buffer) is read in place."""
+    buffer = torch.randn(9, 2, 8)
+    x = buffer[:, 0]
+    weight = torch.randn(2, 5, 4)
+    assert_relative_close(blockdiag_matmul(x, weight, backend="triton"), blockdiag_matmul_reference(x, weight), 1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize(
+    "nblocks, in_block, out_block, activation",
+    [(1, 9, 10, "gelu"), (2, 5, 6, "gelu"), (4, 6, 10, "gelu"), (3, 4, 6, "gelu"), (4, 3, 22, "silu")],
+)
+def test_blockdiag_glu(nblocks, in_block, out_block, activation, dtype):
+    """Gate = first half of the 2I outputs, value = second half; with 3 blocks the middle block holds both."""
+    x = torch.randn(2, 7, nblocks * in_block)
+    weight = torch.randn(nblocks, out_block, in_block) / in_block**0.5
+    check_against_reference(
+        lambda x, w: blockdiag_glu(x, w, activation, backend="triton"),
+        lambda x, w: blockdiag_glu_reference(x, w, activation),
+        (x, weight),
+        dtype,
+    )
+
+
+def test_blockdiag_glu_equals_unfused_mlp_front():
+    """The fused op is exactly `gelu(gate) * value` of the plain block-diagonal projection."""
+    x = torch.randn(3, 5, 8)
+    weight = torch.randn(4, 4, 2)
+    gate, value = blockdiag_matmul(x, weight, backend="triton").chunk(2, dim=-1)
+    assert_relative_close(blockdiag_glu(x, weight, backend="triton"), torch.nn.functional.gelu(gate) * value, 1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("shape", [(3, 4, 5, 2), (4, 4, 4, 4), (1, 2, 3, 5), (2, 7, 9, 3)])
+def test_monarch_matmul(shape, dtype):
+    k, q, p, s = shape
+    x = torch.randn(2, 5, k * p)
+    right = torch.randn(k, q, p) / p**0.5
+    left = torch.randn(q, s, k) / k**0.5
+    check_against_reference(
+        lambda x, r, l: monarch_matmul(x, r, l, backend="triton"), monarch_matmul_reference, (x, right, left), dtype
+    )
+
+
+def test_triton_path_validates_shapes():
+    with pytest.raises(ValueError, match="features"):
+        blockdiag_matmul(torch.randn(2, 10), torch.randn(4, 3, 3), backend="triton")
+    with pytest.raises(ValueError, match="left must be"):
+        monarch_matmul(torch.randn(2, 6), torch.randn(2, 3, 3), torch.randn(2, 3, 2), backend="triton")
+    with pytest.raises(ValueError, match="activation"):
+        blockdiag_glu(torch.randn(2, 4), torch.randn(2, 4, 2), activation="relu", backend="triton")
+
+
+def test_auto_backend_takes_reference_on_cpu():
+    x, weight = torch.randn(3, 8), torch.randn(2, 6, 4)
+    torch.testing.assert_close(blockdiag_matmul(x, weight), blockdiag_matmul_reference(x, weight), rtol=0, atol=0)
+    torch.testing.assert_close(blockdiag_glu(x, weight), blockdiag_glu_reference(x, weight), rtol=0, atol=0)
+
+
+def test_opcheck():
+    x = torch.randn(5, 8, requires_grad=True)
+    weight = torch.randn(2, 6, 4, requires_grad=True)
+    bias = torch.randn(12, requires_grad=True)
+    torch.library.opcheck(blockdiag_matmul_triton, (x, weight, bias))
+    torch.library.opcheck(blockdiag_glu_triton, (x, weight, "gelu"))
+    right, left = torch.randn(2, 3, 4, requires_grad=True), torch.randn(3, 2, 2, requires_grad=True)
+    torch.library.opcheck(monarch_matmul_triton, (x, right, left))
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_compiles_fullgraph(backend):
+    x = torch.randn(2, 3, 8, requires_grad=True)
+    weight = torch.randn(4, 4, 2, requires_grad=True)
+    right, left = torch.randn(2, 3, 4, requires_grad=True), torch.randn(3, 2, 2, requires_grad=True)
+
+    def mlp_front(x, weight, right, left):
+        return blockdiag_glu(x, weight, backend=backend).sum() + monarch_matmul(x, right, left, backend=backend).sum()
+
+    compiled = torch.compile(mlp_front, fullgraph=True)
+    out = compiled(x, weight, right, left)
+    grads = torch.autograd.grad(out, (x, weight, right, left))
+    expected = mlp_front(x, weight, right, left)
+    expected_grads = torch.autograd.grad(expected, (x, weight, right, left))
+    torch.testing.assert_close(out, expected)
+    for actual, wanted in zip(grads, expected_grads):
+        torch.testing.assert_close(actual, wanted)
