@@ -126,3 +126,9 @@ class M2AlternativeBranchesModelTest(M2ModelTest):
         "filter_emb_dim": 3,
         "filter_num_inner_layers": 0,
     }
+
+
+class M2MonarchModelTest(M2ModelTest):
+    """The paper's canonical M2 layer: Monarch sequence mixers and order-2 Monarch MLP projections."""
+
+    config_overrides: ClassVar[dict] = {"sequence_mixer": "monarch", "monarch_mlp_order": 2}

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 from transformers import PretrainedConfig
+from transformers.activations import ACT2FN
 
 from ..ops.backend import KERNEL_BACKENDS
 
-SEQUENCE_MIXERS = ("long_conv",)
+SEQUENCE_MIXERS = ("long_conv", "monarch")
+MONARCH_MLP_ORDERS = (1, 2)
 POOLING_MODES = ("first_token", "mean")
 NORM_POSITIONS = ("post", "pre")
 
@@ -37,7 +41,8 @@ class M2Config(PretrainedConfig):
             Trained maximum sequence length: rows of the position table. Longer inputs raise a `ValueError`.
         long_conv_max_length (`int`, *optional*):
             Length of the implicit long-filter grid; `max_position_embeddings` when unset. Filters for a shorter
-            input are the first rows of this grid (truncated, not resampled).
+            input are the first rows of this grid (truncated, not resampled). With `sequence_mixer="monarch"` it
+            sets the Monarch sequence grid instead (see `monarch_sequence_grid`).
         type_vocab_size (`int`, defaults to 2):
             Number of token types (segments); 0 builds no token-type table (M2-GPT, M2-ViT).
         initializer_range (`float`, defaults to 0.02):
@@ -48,10 +53,16 @@ class M2Config(PretrainedConfig):
             Add learned absolute position embeddings to the token embeddings.
         sequence_mixer (`str`, defaults to `"long_conv"`):
             Sequence mixer of every layer. `"long_conv"`: M2-BERT's gated bidirectional long convolution with
-            implicit filters.
+            implicit filters. `"monarch"`: the paper's canonical M2 sequence mixing `M_2 act(K * M_1 u)` with
+            learnable order-2 Monarch matrices `M_1`, `M_2` over the sequence grid and a learnable kernel `K`
+            (`M2MonarchSequenceMixer`). It is bidirectional only, and ignores `residual_long_conv`,
+            `short_conv_size` and the `filter_*` fields.
         bidirectional (`bool`, defaults to `True`):
             Long convolutions see both directions (a forward and a reverse filter). `False` gives a causal
-            convolution.
+            convolution; the Monarch sequence mixer is not causal and requires `True`.
+        monarch_mixer_act (`str`, defaults to `"relu"`):
+            Activation between the kernel and `M_2` in the Monarch sequence mixer (a key of transformers'
+            `ACT2FN`); `"linear"` makes the mixer a linear map along the sequence.
         residual_long_conv (`bool`, defaults to `True`):
             Add a second (ungated) long convolution of the mixer input to the mixer output.
         mixer_layernorm (`bool`, defaults to `False`):
@@ -84,8 +95,14 @@ class M2Config(PretrainedConfig):
         glu_mlp (`bool`, defaults to `True`):
             Use a gated MLP `out(act(gate) * value)`; otherwise `out(act(in(x)))`.
         monarch_mlp_nblocks (`int`, defaults to 4):
-            Number of diagonal blocks of the MLP's block-diagonal (Monarch) projections; 1 is a dense layer.
-            `hidden_size` and `intermediate_size` must be multiples of it.
+            Number of diagonal blocks of the MLP's block-diagonal (Monarch) projections; with `monarch_mlp_order=1`,
+            1 is a dense layer. `hidden_size` and `intermediate_size` must be multiples of it.
+        monarch_mlp_order (`int`, defaults to 1):
+            Number of block-diagonal factors of each MLP projection. 1: M2-BERT's single block-diagonal factor.
+            2: an order-2 Monarch matrix `P L P^T R` (`MonarchLinear`): `R` has `monarch_mlp_nblocks` blocks,
+            `L` has `out_features / monarch_mlp_nblocks` blocks of size `monarch_mlp_nblocks`, so every output
+            feature depends on every input feature. `monarch_mlp_nblocks = sqrt(hidden_size)` is the paper's
+            square Monarch with `sqrt(d)` blocks.
         pooling (`str`, defaults to `"first_token"`):
             Pooler input: `"first_token"` (the [CLS] state) or `"mean"` (mean over unmasked tokens; the
             original's `pool_all`). The pooler output is `tanh(dense(input))`.
@@ -134,6 +151,7 @@ class M2Config(PretrainedConfig):
         use_position_embeddings: bool = True,
         sequence_mixer: str = "long_conv",
         bidirectional: bool = True,
+        monarch_mixer_act: str = "relu",
         residual_long_conv: bool = True,
         mixer_layernorm: bool = False,
         mixer_layernorm_eps: float = 1e-5,
@@ -149,6 +167,7 @@ class M2Config(PretrainedConfig):
         filter_decay_target: float = 0.01,
         glu_mlp: bool = True,
         monarch_mlp_nblocks: int = 4,
+        monarch_mlp_order: int = 1,
         pooling: str = "first_token",
         mask_padding: bool = True,
         pad_to_max_length: bool = False,
@@ -179,6 +198,7 @@ class M2Config(PretrainedConfig):
         self.use_position_embeddings = use_position_embeddings
         self.sequence_mixer = sequence_mixer
         self.bidirectional = bidirectional
+        self.monarch_mixer_act = monarch_mixer_act
         self.residual_long_conv = residual_long_conv
         self.mixer_layernorm = mixer_layernorm
         self.mixer_layernorm_eps = mixer_layernorm_eps
@@ -194,6 +214,7 @@ class M2Config(PretrainedConfig):
         self.filter_decay_target = filter_decay_target
         self.glu_mlp = glu_mlp
         self.monarch_mlp_nblocks = monarch_mlp_nblocks
+        self.monarch_mlp_order = monarch_mlp_order
         self.pooling = pooling
         self.mask_padding = mask_padding
         self.pad_to_max_length = pad_to_max_length
@@ -216,6 +237,23 @@ class M2Config(PretrainedConfig):
     def filter_max_length(self) -> int:
         """Length of the implicit-filter grid."""
         return self.long_conv_max_length if self.long_conv_max_length is not None else self.max_position_embeddings
+
+    @property
+    def monarch_sequence_grid(self) -> tuple[int, int]:
+        """`(nblocks, block_size)` of the Monarch sequence mixer's grid `N = nblocks * block_size`.
+
+        `N` is the smallest length >= `filter_max_length` that factors as `nblocks * block_size` with
+        `nblocks <= block_size <= 2 * nblocks`: `filter_max_length` itself when it factors so (every power of
+        two, `n * n`), else rounded up by less than `sqrt(filter_max_length)`. Inputs are zero-padded to `N`.
+        """
+        length = self.filter_max_length
+        while True:
+            nblocks = math.isqrt(length)
+            while length % nblocks:
+                nblocks -= 1
+            if length // nblocks <= 2 * nblocks:
+                return nblocks, length // nblocks
+            length += 1
 
     @property
     def max_sequence_length(self) -> int:
@@ -277,6 +315,20 @@ class M2Config(PretrainedConfig):
             raise ValueError(f"M2Config.filter_emb_dim must be an odd integer >= 3 (3, 5, 7, ...), got {emb!r}.")
         if self.sequence_mixer not in SEQUENCE_MIXERS:
             raise ValueError(f"M2Config.sequence_mixer must be one of {SEQUENCE_MIXERS}, got {self.sequence_mixer!r}.")
+        if self.sequence_mixer == "monarch" and not self.bidirectional:
+            raise ValueError(
+                "M2Config.bidirectional=False asks for a causal mixer, but sequence_mixer='monarch' mixes every "
+                "position with every other (it is not causal); use sequence_mixer='long_conv' for a causal model."
+            )
+        if not isinstance(self.monarch_mixer_act, str) or self.monarch_mixer_act not in ACT2FN:
+            raise ValueError(
+                f"M2Config.monarch_mixer_act must be an activation name of transformers' ACT2FN, "
+                f"got {self.monarch_mixer_act!r}."
+            )
+        if isinstance(self.monarch_mlp_order, bool) or self.monarch_mlp_order not in MONARCH_MLP_ORDERS:
+            raise ValueError(
+                f"M2Config.monarch_mlp_order must be one of {MONARCH_MLP_ORDERS}, got {self.monarch_mlp_order!r}."
+            )
         if self.norm_position not in NORM_POSITIONS:
             raise ValueError(f"M2Config.norm_position must be one of {NORM_POSITIONS}, got {self.norm_position!r}.")
         if self.kernel_backend not in KERNEL_BACKENDS:
