@@ -58,7 +58,10 @@ def test_blockdiag_matmul(nblocks, in_block, out_block, with_bias, dtype):
     weight = torch.randn(nblocks, out_block, in_block) / in_block**0.5
     bias = torch.randn(nblocks * out_block) if with_bias else None
     check_against_reference(
-        lambda x, w, b: blockdiag_matmul(x, w, b, backend="triton"), blockdiag_matmul_reference, (x, weight, bias), dtype
+        lambda x, w, b: blockdiag_matmul(x, w, b, backend="triton"),
+        blockdiag_matmul_reference,
+        (x, weight, bias),
+        dtype,
     )
 
 

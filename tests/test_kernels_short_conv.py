@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from helpers import tiny_config
+
 from m2_hf.modeling.modeling_m2 import M2LongConvMixer
 from m2_hf.ops import mixer_front
 from m2_hf.ops.short_conv import kernels, mixer_front_reference, mixer_front_triton

@@ -132,7 +132,9 @@ def blockdiag_matmul(
     return blockdiag_matmul_reference(x, weight, bias)
 
 
-def blockdiag_glu(x: torch.Tensor, weight: torch.Tensor, activation: str = "gelu", backend: str = "auto") -> torch.Tensor:
+def blockdiag_glu(
+    x: torch.Tensor, weight: torch.Tensor, activation: str = "gelu", backend: str = "auto"
+) -> torch.Tensor:
     """`act(gate) * value` with `[gate, value] = blockdiag_matmul(x, weight)` split in halves, `[..., I]`.
 
     The fused kernel never materialises the `2I`-wide projection, neither forward nor backward.
@@ -141,8 +143,6 @@ def blockdiag_glu(x: torch.Tensor, weight: torch.Tensor, activation: str = "gelu
     if use_triton(x, backend):
         check_blockdiag_shapes(x, weight)
         if activation not in GLU_ACTIVATIONS:
-            raise ValueError(
-                f"blockdiag_glu: activation must be one of {tuple(GLU_ACTIVATIONS)}, got {activation!r}."
-            )
+            raise ValueError(f"blockdiag_glu: activation must be one of {tuple(GLU_ACTIVATIONS)}, got {activation!r}.")
         return blockdiag_glu_triton(autocast_input(x), weight, activation)
     return blockdiag_glu_reference(x, weight, activation)

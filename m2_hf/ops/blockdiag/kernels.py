@@ -64,8 +64,8 @@ def _compute_dtype(dtype: torch.dtype):
 
 
 def _input_precision(dtype: torch.dtype) -> str:
-    """fp32 products follow `torch.backends.cuda.matmul.allow_tf32`, like `torch.matmul`."""
-    return "tf32" if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
+    """fp32 products follow `torch.backends.cuda.matmul.allow_tf32`, like `torch.matmul` (half types ignore it)."""
+    return "ieee" if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32 else "tf32"
 
 
 @dataclass(frozen=True)
@@ -189,9 +189,7 @@ def _glu_projections(
             w_ptr + gate_block * stride_wb + gate_rows[None, :] * stride_wn + k[:, None], mask=w_mask, other=0.0
         )
         gate = tl.dot(x_gate.to(COMPUTE_DTYPE), w_gate.to(COMPUTE_DTYPE), gate, input_precision=INPUT_PRECISION)
-        x_value = tl.load(
-            x_ptr + offs_m[:, None] * stride_xm + (value_block * K + k)[None, :], mask=x_mask, other=0.0
-        )
+        x_value = tl.load(x_ptr + offs_m[:, None] * stride_xm + (value_block * K + k)[None, :], mask=x_mask, other=0.0)
         w_value = tl.load(
             w_ptr + value_block * stride_wb + value_rows[None, :] * stride_wn + k[:, None], mask=w_mask, other=0.0
         )
@@ -295,6 +293,7 @@ def blockdiag_matmul_strided(
     bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Launch `out[m, b, n] = sum_k W[b, n, k] x[m, b, k] (+ bias[b * out_block + n])` over `rows` rows."""
+
     def grid(meta):
         return (triton.cdiv(rows, meta["BLOCK_M"]), triton.cdiv(out_block, meta["BLOCK_N"]), nblocks)
 
@@ -324,6 +323,7 @@ def blockdiag_weight_grad_strided(
     in_block: int,
 ) -> torch.Tensor:
     """Launch `dW[b, n, k] = sum_m dy[m, b, n] x[m, b, k]` (strides as in `blockdiag_matmul_strided`)."""
+
     def grid(meta):
         return (triton.cdiv(out_block, meta["BLOCK_N"]), triton.cdiv(in_block, meta["BLOCK_K"]), nblocks)
 
@@ -410,7 +410,7 @@ def _glu_grid(rows: int, intermediate: int, segment: int):
 
 def blockdiag_glu_forward(x: torch.Tensor, weight: torch.Tensor, activation: str) -> torch.Tensor:
     """`act(gate) * value` with `[gate, value] = blockdiag(W) x`, `[..., I]`, the `2I` product never stored."""
-    nblocks, out_block, in_block = weight.shape
+    _, out_block, in_block = weight.shape
     intermediate, segment = _glu_segment(weight)
     weight = weight.contiguous()
     x2d = as_rows(x)
@@ -431,7 +431,7 @@ def blockdiag_glu_backward(
     grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, activation: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`(grad_x, grad_weight)` of `blockdiag_glu_forward`, recomputing the projection instead of storing it."""
-    nblocks, out_block, in_block = weight.shape
+    _, out_block, in_block = weight.shape
     intermediate, segment = _glu_segment(weight)
     weight = weight.contiguous()
     x2d = as_rows(x)

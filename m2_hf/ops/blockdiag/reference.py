@@ -17,9 +17,7 @@ def check_blockdiag_shapes(x: torch.Tensor, weight: torch.Tensor) -> None:
         )
 
 
-def blockdiag_matmul_reference(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
-) -> torch.Tensor:
+def blockdiag_matmul_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Multiply the last axis of `x` by a block-diagonal matrix.
 
     Args:

@@ -47,7 +47,7 @@ def _(grad_y, x, residual, weight, mean, rstd):
 
 
 def _add_layernorm_setup(ctx, inputs, output):
-    x, residual, weight, bias, eps = inputs
+    x, residual, weight, bias, _ = inputs
     _, mean, rstd = output
     ctx.mark_non_differentiable(mean, rstd)
     ctx.save_for_backward(x, residual, weight, mean, rstd)

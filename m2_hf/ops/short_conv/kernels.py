@@ -44,6 +44,19 @@ def new_buffer(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
 
 
 @triton.jit
+def _load_mask(mask_ptr, batch, offs, L, stride_mb, stride_ml):
+    """`mask[batch, offs]` as fp32, 0 outside `[0, L)`."""
+    valid = (offs >= 0) & (offs < L)
+    return tl.load(mask_ptr + batch * stride_mb + offs * stride_ml, mask=valid, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _load_tap(w_ptr, channels, tap, h_mask, KERNEL_SIZE: tl.constexpr):
+    """`w[c, tap]` for `channels`, fp32."""
+    return tl.load(w_ptr + channels * KERNEL_SIZE + tap, mask=h_mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _masked_input(proj_ptr, mask_ptr, batch, src, offs_h, channel_offset, L, H,
                   stride_pb, stride_pl, stride_mb, stride_ml, HAS_MASK: tl.constexpr):  # fmt: skip
     """`p[c, src] = projected[batch, src, channel_offset + h] * mask[batch, src]`, 0 outside `[0, L)`, fp32."""
@@ -51,7 +64,7 @@ def _masked_input(proj_ptr, mask_ptr, batch, src, offs_h, channel_offset, L, H,
     ptrs = proj_ptr + batch * stride_pb + src[:, None] * stride_pl + (channel_offset + offs_h)[None, :]
     p = tl.load(ptrs, mask=valid[:, None] & (offs_h < H)[None, :], other=0.0).to(tl.float32)
     if HAS_MASK:
-        p *= tl.load(mask_ptr + batch * stride_mb + src * stride_ml, mask=valid, other=0.0).to(tl.float32)[:, None]
+        p *= _load_mask(mask_ptr, batch, src, L, stride_mb, stride_ml)[:, None]
     return p
 
 
@@ -65,7 +78,7 @@ def _conv_at(proj_ptr, w_ptr, b_ptr, mask_ptr, batch, offs_t, offs_h, channel_of
     xs = tl.zeros((BLOCK_L, BLOCK_H), dtype=tl.float32)
     xs += tl.load(b_ptr + channels, mask=h_mask, other=0.0).to(tl.float32)[None, :]
     for j in tl.static_range(KERNEL_SIZE):
-        w = tl.load(w_ptr + channels * KERNEL_SIZE + j, mask=h_mask, other=0.0).to(tl.float32)
+        w = _load_tap(w_ptr, channels, j, h_mask, KERNEL_SIZE)
         p = _masked_input(proj_ptr, mask_ptr, batch, offs_t - (KERNEL_SIZE - 1) + j, offs_h, channel_offset, L, H,
                           stride_pb, stride_pl, stride_mb, stride_ml, HAS_MASK)  # fmt: skip
         xs += w[None, :] * p
@@ -93,9 +106,7 @@ def _mixer_front_kernel(
                      stride_pb, stride_pl, stride_mb, stride_ml, HAS_MASK, KERNEL_SIZE, BLOCK_L, BLOCK_H)  # fmt: skip
     gated = value * pre
     if HAS_MASK:
-        gated *= tl.load(mask_ptr + batch * stride_mb + offs_t * stride_ml, mask=offs_t < L, other=0.0).to(
-            tl.float32
-        )[:, None]
+        gated *= _load_mask(mask_ptr, batch, offs_t, L, stride_mb, stride_ml)[:, None]
     out_offsets = batch * stride_ob + offs_h[None, :] * stride_oh + offs_t[:, None]
     out_mask = (offs_t < L)[:, None] & (offs_h < H)[None, :]
     tl.store(gated_ptr + out_offsets, gated.to(gated_ptr.dtype.element_ty), mask=out_mask)
@@ -157,20 +168,14 @@ def _mixer_front_backward_kernel(
                          stride_pb, stride_pl, stride_mb, stride_ml, HAS_MASK, KERNEL_SIZE, BLOCK_L, BLOCK_H)  # fmt: skip
         dgated = _load_grad(dgated_ptr, batch, offs_t, offs_h, L, H, stride_ggb, stride_ggh, stride_ggl)
         if HAS_MASK:
-            dgated *= tl.load(mask_ptr + batch * stride_mb + offs_t * stride_ml, mask=offs_t < L, other=0.0).to(
-                tl.float32
-            )[:, None]
+            dgated *= _load_mask(mask_ptr, batch, offs_t, L, stride_mb, stride_ml)[:, None]
         dxs_pre = dgated * value
         dxs_post = _load_grad(dpost_ptr, batch, offs_t, offs_h, L, H, stride_gpb, stride_gph, stride_gpl)
         dxs_value = dgated * pre
         tap = KERNEL_SIZE - 1 - d
-        dp_pre += tl.load(w_ptr + offs_h * KERNEL_SIZE + tap, mask=h_mask, other=0.0).to(tl.float32)[None, :] * dxs_pre
-        dp_post += tl.load(w_ptr + (H + offs_h) * KERNEL_SIZE + tap, mask=h_mask, other=0.0).to(tl.float32)[
-            None, :
-        ] * dxs_post
-        dp_value += tl.load(w_ptr + (2 * H + offs_h) * KERNEL_SIZE + tap, mask=h_mask, other=0.0).to(tl.float32)[
-            None, :
-        ] * dxs_value
+        dp_pre += _load_tap(w_ptr, offs_h, tap, h_mask, KERNEL_SIZE)[None, :] * dxs_pre
+        dp_post += _load_tap(w_ptr, H + offs_h, tap, h_mask, KERNEL_SIZE)[None, :] * dxs_post
+        dp_value += _load_tap(w_ptr, 2 * H + offs_h, tap, h_mask, KERNEL_SIZE)[None, :] * dxs_value
         if d == 0:
             _store_weight_grads(dxs_pre, proj_ptr, mask_ptr, wgrad_ptr, bgrad_ptr, partial_row, batch, offs_s,
                                 offs_h, 0, L, H, stride_pb, stride_pl, stride_mb, stride_ml, HAS_MASK, KERNEL_SIZE)  # fmt: skip
@@ -181,7 +186,7 @@ def _mixer_front_backward_kernel(
                                 KERNEL_SIZE)  # fmt: skip
     s_mask = offs_s < L
     if HAS_MASK:
-        s_weight = tl.load(mask_ptr + batch * stride_mb + offs_s * stride_ml, mask=s_mask, other=0.0).to(tl.float32)
+        s_weight = _load_mask(mask_ptr, batch, offs_s, L, stride_mb, stride_ml)
         dp_pre *= s_weight[:, None]
         dp_post *= s_weight[:, None]
         dp_value *= s_weight[:, None]
