@@ -46,9 +46,20 @@ _WEIGHT_GRAD_CONFIGS = [
         (128, 128, 32, 8, 3),
     ]
 ]
+# The GLU kernels hold two accumulators (gate and value), so their tiles are smaller.
+_GLU_CONFIGS = [
+    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
+    for bm, bn, bk, warps, stages in [
+        (64, 64, 32, 4, 4),
+        (128, 64, 32, 8, 3),
+        (64, 128, 32, 8, 3),
+        (64, 64, 64, 4, 3),
+    ]
+]
 _INTERPRETER_CONFIG = [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16})]
 MATMUL_CONFIGS = _INTERPRETER_CONFIG if INTERPRET else _MATMUL_CONFIGS
 WEIGHT_GRAD_CONFIGS = _INTERPRETER_CONFIG if INTERPRET else _WEIGHT_GRAD_CONFIGS
+GLU_CONFIGS = _INTERPRETER_CONFIG if INTERPRET else _GLU_CONFIGS
 
 
 def new_buffer(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -218,7 +229,7 @@ def _activation_derivative(gate, ACTIVATION: tl.constexpr):
         return sig * (1.0 + gate * (1.0 - sig))
 
 
-@triton.autotune(configs=MATMUL_CONFIGS, key=["N", "K", "INTERMEDIATE"])
+@triton.autotune(configs=GLU_CONFIGS, key=["N", "K", "INTERMEDIATE"])
 @triton.jit
 def _blockdiag_glu_kernel(
     x_ptr, w_ptr, out_ptr,
@@ -245,7 +256,7 @@ def _blockdiag_glu_kernel(
     tl.store(out_ptr + offs_m[:, None] * stride_om + offs_g[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.autotune(configs=MATMUL_CONFIGS, key=["N", "K", "INTERMEDIATE"])
+@triton.autotune(configs=GLU_CONFIGS, key=["N", "K", "INTERMEDIATE"])
 @triton.jit
 def _blockdiag_glu_backward_kernel(
     x_ptr, w_ptr, dout_ptr, dproj_ptr,
