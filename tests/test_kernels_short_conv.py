@@ -42,9 +42,17 @@ def make_inputs(batch, length, hidden, kernel_size=3):
     return projected, weight, bias
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("masked", [False, True])
-@pytest.mark.parametrize("batch, length, hidden", [(2, 7, 5), (1, 21, 18), (3, 1, 4)])
+@pytest.mark.parametrize(
+    "batch, length, hidden, masked, dtype",
+    [
+        (2, 7, 5, False, torch.float32),
+        (2, 7, 5, True, torch.float32),
+        (1, 21, 18, True, torch.float32),  # several sequence and channel tiles
+        (3, 1, 4, True, torch.float32),
+        (2, 7, 5, True, torch.float16),
+        (1, 21, 18, False, torch.float16),
+    ],
+)
 def test_mixer_front(batch, length, hidden, masked, dtype):
     projected, weight, bias = make_inputs(batch, length, hidden)
     mask = random_mask(batch, length) if masked else None
