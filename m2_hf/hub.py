@@ -23,7 +23,6 @@ from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
 from transformers import PreTrainedModel
 
 from . import __version__
-from .conversion.presets import CODE_REPOSITORY, PAPER_URL
 
 # The Hub task of each M2 class (the `pipeline_tag` of its card).
 PIPELINE_TAGS = {
@@ -38,6 +37,8 @@ PIPELINE_TAGS = {
 # Tasks whose transformers pipeline loads M2 models through the Auto classes after `import m2_hf`.
 PIPELINE_TASKS = ("fill-mask", "text-classification", "token-classification", "text-generation", "image-classification")
 TAGS = ("m2", "monarch-mixer")
+CODE_REPOSITORY = "https://github.com/HazyResearch/m2"
+PAPER_URL = "https://arxiv.org/abs/2310.12109"
 
 CARD_TEMPLATE = """---
 {{ card_data }}
@@ -59,7 +60,7 @@ CARD_TEMPLATE = """---
 ```
 {% if remote_code %}
 The folder also holds its modeling code: without m2-hf installed, pass `trust_remote_code=True` to
-`from_pretrained` instead of importing `m2_hf`.
+`from_pretrained` (or `pipeline`) instead of importing `m2_hf`.
 {% endif %}
 ## License
 
@@ -82,16 +83,16 @@ model = SentenceTransformer("{model_id}")
 embeddings = model.encode(["A first sentence.", "A second one."])"""
 
 
-def pipeline_tag_of(model: PreTrainedModel) -> str:
-    """The Hub task of an M2 model, from its class."""
-    name = type(model).__name__
+def pipeline_tag_of(model: PreTrainedModel | type[PreTrainedModel]) -> str:
+    """The Hub task of an M2 model or model class."""
+    name = model.__name__ if isinstance(model, type) else type(model).__name__
     if name not in PIPELINE_TAGS:
         raise ValueError(f"No Hub task is known for {name}; pass pipeline_tag explicitly.")
     return PIPELINE_TAGS[name]
 
 
 def model_card_data(
-    model: PreTrainedModel,
+    model: PreTrainedModel | type[PreTrainedModel],
     *,
     pipeline_tag: str | None = None,
     library_name: str = "transformers",
@@ -101,7 +102,7 @@ def model_card_data(
     language: str | Sequence[str] | None = None,
     tags: Sequence[str] = (),
 ) -> ModelCardData:
-    """The card metadata of an M2 model: library, task (from the model's class unless given), license, tags
+    """The card metadata of an M2 model (or model class): library, task (from the class unless given), license, tags
     (`m2`, `monarch-mixer`, then `tags`), and the base model and data sets when given."""
     all_tags = list(dict.fromkeys([*TAGS, *tags]))
     return ModelCardData(
