@@ -126,7 +126,7 @@ class M2MonarchSequenceMixer(nn.Module):
         init.ones_(self.kernel)
 
     def forward(
-        self, hidden_states: torch.Tensor, padding_mask: torch.Tensor | None = None, cache: None = None
+        self, hidden_states: torch.Tensor, padding_mask: torch.Tensor | None = None, cache: object | None = None
     ) -> torch.Tensor:
         """`hidden_states` `[B, L, H]` with `L <= N`; `padding_mask` `[B, 1, L]` (1 = real token), or None to mix
         every position. Returns `[B, L, H]`. There is no `cache`: the mixer is not causal."""
