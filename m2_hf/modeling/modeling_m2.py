@@ -83,6 +83,10 @@ class CausalShortConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return causal_depthwise_conv(x, self.weight, self.bias)
 
+    def step(self, window: torch.Tensor) -> torch.Tensor:
+        """The output for the last of the `K` input columns `window` `[B, C, K]`, as `[B, C, 1]` (a decoding step)."""
+        return (torch.einsum("bck,ck->bc", window, self.weight[:, 0].to(window.dtype)) + self.bias)[..., None]
+
 
 class M2Embeddings(nn.Module):
     """`LayerNorm(word[ids] + token_type[tt] + position[pos])`, then dropout."""
@@ -149,6 +153,8 @@ class M2LongConvMixer(nn.Module):
             projected = projected * padding_mask
         if cache is None:
             projected = self.short_conv(projected)
+        elif seq_len == 1:
+            projected = self.short_conv.step(cache.update_short_conv_input(projected))
         else:
             # The cached last K-1 inputs go first; their outputs were produced at earlier steps.
             projected = self.short_conv(cache.update_short_conv_input(projected))[..., -seq_len:]

@@ -1,0 +1,230 @@
+"""Generation speed of M2-GPT (M2ForCausalLM) against a same-size GPT-2, in one run on one device.
+
+Two measurements, both with the models cast to `--dtype`:
+
+- **decode**: latency of one new token after a prompt of L tokens. M2-GPT with its cache (a step costs
+  O(L * H) for the long-convolution sums), M2-GPT without a cache (what `generate(use_cache=False)` does: a
+  full forward over the L + 1 tokens), and GPT-2 (sdpa) with its key/value cache. The median over
+  `--decode-steps` steps after two warm-up steps, batch `--decode-batch`.
+- **prefill**: throughput of the prompt pass (`use_cache=True`, logits of the last position only) for M2-GPT and
+  GPT-2 (sdpa) at `--prefill-tokens` tokens per call; the batch is tokens / L.
+
+Models (`--size`): "gpt2-small" is GPT-2 small's shape (768 hidden, 12 layers, 50,257-token vocabulary; M2-GPT with
+an intermediate size of 3072, a GLU block-diagonal MLP with 4 blocks and filter order 128); "tiny" is a few-layer
+model for CPU checks. Prints and writes a Markdown table with the device, versions and date; numbers are reported,
+never asserted.
+
+    python benchmarks/bench_generation.py --device cuda --dtype bfloat16 --output benchmarks/results/generation-gpu.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import GPT2Config, GPT2LMHeadModel
+
+import m2_hf
+
+SIZES = {
+    "gpt2-small": dict(hidden=768, layers=12, heads=12, vocab=50257, filter_order=128),
+    "tiny": dict(hidden=64, layers=2, heads=4, vocab=512, filter_order=16),
+}
+DECODE_ROWS = ("M2-GPT, cache", "M2-GPT, no cache", "GPT-2 sdpa, KV cache")
+PREFILL_ROWS = ("M2-GPT", "GPT-2 sdpa")
+
+
+@dataclass
+class Row:
+    measurement: str
+    model: str
+    length: int
+    batch: int
+    ms: float
+    tokens_per_s: float
+
+
+def m2_gpt(size: dict, max_length: int) -> m2_hf.M2ForCausalLM:
+    config = m2_hf.M2Config(
+        vocab_size=size["vocab"],
+        hidden_size=size["hidden"],
+        num_hidden_layers=size["layers"],
+        intermediate_size=4 * size["hidden"],
+        filter_order=size["filter_order"],
+        max_position_embeddings=max_length,
+        bidirectional=False,
+        norm_position="pre",
+        use_position_embeddings=False,
+        type_vocab_size=0,
+        hidden_dropout_prob=0.0,
+    )
+    return m2_hf.M2ForCausalLM(config)
+
+
+def gpt2(size: dict, max_length: int) -> GPT2LMHeadModel:
+    config = GPT2Config(
+        vocab_size=size["vocab"],
+        n_embd=size["hidden"],
+        n_layer=size["layers"],
+        n_head=size["heads"],
+        n_positions=max_length,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
+    config._attn_implementation = "sdpa"
+    return GPT2LMHeadModel(config)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(fn, device: torch.device, warmup: int, repeats: int) -> float:
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def decode_step_seconds(model, length: int, batch: int, steps: int, use_cache: bool, device) -> float:
+    """Median time of one generated token after a prompt of `length` tokens."""
+    vocab = model.config.vocab_size
+    prompt = torch.randint(1, vocab, (batch, length), device=device)
+    token = torch.randint(1, vocab, (batch, 1), device=device)
+    if not use_cache:
+        sequence = torch.cat([prompt, token], dim=1)
+        return median_seconds(lambda: model(sequence, use_cache=False, logits_to_keep=1), device, 1, steps)
+    cache = model(prompt, use_cache=True, logits_to_keep=1).past_key_values
+    return median_seconds(lambda: model(token, past_key_values=cache, use_cache=True), device, 2, steps)
+
+
+@torch.no_grad()
+def prefill_seconds(model, length: int, batch: int, device, warmup: int, repeats: int) -> float:
+    ids = torch.randint(1, model.config.vocab_size, (batch, length), device=device)
+    return median_seconds(lambda: model(ids, use_cache=True, logits_to_keep=1), device, warmup, repeats)
+
+
+def guarded(measure, row: Row) -> Row:
+    """Fill `row` from `measure()` (seconds per call), or with nan when the device runs out of memory."""
+    try:
+        seconds = measure()
+    except torch.OutOfMemoryError:
+        seconds = float("nan")
+    row.ms = seconds * 1e3
+    tokens = row.batch if row.measurement == "decode" else row.batch * row.length
+    row.tokens_per_s = tokens / seconds
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return row
+
+
+def run(args, device: torch.device, dtype: torch.dtype) -> tuple[list[Row], dict[str, int]]:
+    size = SIZES[args.size]
+    max_length = max(args.lengths) + args.decode_steps + 4
+    torch.manual_seed(0)
+    models = {
+        "M2-GPT": m2_gpt(size, max_length).to(device=device, dtype=dtype).eval(),
+        "GPT-2": gpt2(size, max_length).to(device=device, dtype=dtype).eval(),
+    }
+    parameters = {name: model.num_parameters() for name, model in models.items()}
+    rows = []
+    for length in args.lengths:
+        batch = args.decode_batch
+        decode = [
+            (DECODE_ROWS[0], models["M2-GPT"], True),
+            (DECODE_ROWS[1], models["M2-GPT"], False),
+            (DECODE_ROWS[2], models["GPT-2"], True),
+        ]
+        for name, model, use_cache in decode:
+            row = Row("decode", name, length, batch, 0.0, 0.0)
+            rows.append(
+                guarded(lambda m=model, c=use_cache: decode_step_seconds(m, length, batch, args.decode_steps, c, device), row)
+            )
+            print(format_row(rows[-1], rows), flush=True)
+        if length < args.min_prefill_length:
+            continue
+        batch = max(1, args.prefill_tokens // length)
+        for name, model in zip(PREFILL_ROWS, (models["M2-GPT"], models["GPT-2"])):
+            row = Row("prefill", name, length, batch, 0.0, 0.0)
+            rows.append(guarded(lambda m=model: prefill_seconds(m, length, batch, device, args.warmup, args.repeats), row))
+            print(format_row(rows[-1], rows), flush=True)
+    return rows, parameters
+
+
+def speedup(row: Row, rows: list[Row]) -> str:
+    """M2-GPT's throughput over GPT-2's for the same measurement and length; the no-cache decode row is compared
+    with the cached M2 row instead."""
+    if row.model.startswith("GPT-2"):
+        return ""
+    against = DECODE_ROWS[0] if row.model == DECODE_ROWS[1] else (DECODE_ROWS[2] if row.measurement == "decode" else PREFILL_ROWS[1])
+    for other in rows:
+        if (other.measurement, other.model, other.length) == (row.measurement, against, row.length):
+            return f"{row.tokens_per_s / other.tokens_per_s:.2f}x vs {against}"
+    return ""
+
+
+def format_row(row: Row, rows: list[Row]) -> str:
+    return (
+        f"| {row.measurement} | {row.model} | {row.length} | {row.batch} | {row.ms:.3f} | {row.tokens_per_s:,.0f} "
+        f"| {speedup(row, rows)} |"
+    )
+
+
+def header(device: torch.device, dtype: torch.dtype, args, parameters: dict[str, int]) -> str:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    sizes = ", ".join(f"{model} {count / 1e6:.1f}M parameters" for model, count in parameters.items())
+    return (
+        f"Measured {datetime.date.today().isoformat()} on {name}, torch {torch.__version__}, transformers "
+        f"{transformers.__version__}, m2-hf {m2_hf.__version__}, {dtype}; size {args.size} ({sizes}).\n"
+        "decode: ms per generated token after a prompt of L tokens (tokens/s = batch / ms); "
+        "prefill: one prompt pass, tokens/s = batch * L / time.\n\n"
+        "| measurement | model | L | batch | ms | tokens/s | ratio |\n"
+        "|---|---|---|---|---|---|---|"
+    )
+
+
+def main(argv=None) -> list[Row]:
+    parser = argparse.ArgumentParser(description="M2-GPT vs GPT-2 decode latency and prefill throughput")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[128, 512, 1024, 2048, 4096, 8192])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
+    parser.add_argument("--size", choices=list(SIZES), default="gpt2-small")
+    parser.add_argument("--decode-batch", type=int, default=1)
+    parser.add_argument("--decode-steps", type=int, default=16, help="timed single-token steps per length")
+    parser.add_argument("--prefill-tokens", type=int, default=16384, help="tokens per prefill call")
+    parser.add_argument("--min-prefill-length", type=int, default=1024, help="shortest L with a prefill row")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--output", type=Path, help="write the Markdown table here")
+    args = parser.parse_args(argv)
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    rows, parameters = run(args, device, dtype)
+    text = header(device, dtype, args, parameters) + "\n" + "\n".join(format_row(row, rows) for row in rows) + "\n"
+    print(text, flush=True)
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""The generation benchmark runs end to end (tiny sizes, CPU, float32); its numbers are not checked."""
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_generation.py"
+
+
+def test_generation_benchmark_smoke(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_generation", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # dataclasses resolve their module through sys.modules
+    spec.loader.exec_module(bench)
+    output = tmp_path / "table.md"
+    rows = bench.main(
+        ["--size", "tiny", "--lengths", "16", "32", "--device", "cpu", "--dtype", "float32", "--decode-steps", "2",
+         "--prefill-tokens", "64", "--min-prefill-length", "32", "--warmup", "0", "--repeats", "1",
+         "--output", str(output)]
+    )
+    decode = {(r.model, r.length) for r in rows if r.measurement == "decode"}
+    prefill = {(r.model, r.length) for r in rows if r.measurement == "prefill"}
+    assert decode == {(m, n) for m in bench.DECODE_ROWS for n in (16, 32)}
+    assert prefill == {(m, 32) for m in bench.PREFILL_ROWS}
+    assert all(r.tokens_per_s > 0 and math.isfinite(r.tokens_per_s) for r in rows)
+    text = output.read_text()
+    assert text.count("\n| ") == len(rows) + 1 and "transformers" in text
