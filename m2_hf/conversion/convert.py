@@ -8,7 +8,6 @@ temporary folder beside the destination and renamed at the end, so a failed conv
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
@@ -16,11 +15,11 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from transformers import AutoTokenizer
 
 from ..modeling.configuration_m2 import M2Config
 from ..modeling.modeling_m2 import M2Model, M2PreTrainedModel
+from ..sentence_transformers import save_sentence_transformers_modules
 from .checkpoint import OriginalCheckpoint, progress, read_checkpoint, read_original_config
 from .heads import ModelKind, count_parameters, detect_kind, target_key
 from .layout import check_layout, infer_layout
@@ -242,65 +241,6 @@ def save_tokenizer(directory: Path, config: M2Config) -> bool:
     tokenizer.backend_tokenizer.no_padding()
     tokenizer.save_pretrained(str(directory))
     return True
-
-
-def _write_json(path: Path, value: dict | list) -> None:
-    path.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
-
-
-def save_sentence_transformers_modules(directory: Path, model: M2Model) -> None:
-    """Write the sentence-transformers files with which `SentenceTransformer(directory)` returns `pooler_output`.
-
-    The pipeline is the model itself (module 0, the folder root), CLS-token pooling (`1_Pooling`) and a Dense
-    layer holding the pooler's weights with a tanh (`2_Dense`): `tanh(W_p h[:, 0] + b_p)`. The files use the
-    long-standing `sentence_transformers.models.*` format, which current and older releases load; writing them
-    does not need sentence-transformers installed.
-    """
-    dense = model.pooler.dense
-    # The pooler reads the first token, or with `pooling="mean"` the masked mean (sentence-transformers passes
-    # the attention mask).
-    pooled = "mean_tokens" if model.config.pooling == "mean" else "cls_token"
-    modules = [("Transformer", ""), ("Pooling", "1_Pooling"), ("Dense", "2_Dense")]
-    _write_json(
-        directory / "modules.json",
-        [
-            {"idx": index, "name": str(index), "path": path, "type": f"sentence_transformers.models.{name}"}
-            for index, (name, path) in enumerate(modules)
-        ],
-    )
-    _write_json(
-        directory / "sentence_bert_config.json",
-        {"max_seq_length": model.config.max_sequence_length, "do_lower_case": False},
-    )
-    pooling_modes = ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens", "weightedmean_tokens")
-    (directory / "1_Pooling").mkdir()
-    _write_json(
-        directory / "1_Pooling" / "config.json",
-        {
-            "word_embedding_dimension": model.config.hidden_size,
-            **{f"pooling_mode_{mode}": mode == pooled for mode in pooling_modes},
-            "pooling_mode_lasttoken": False,
-            "include_prompt": True,
-        },
-    )
-    (directory / "2_Dense").mkdir()
-    _write_json(
-        directory / "2_Dense" / "config.json",
-        {
-            "in_features": dense.in_features,
-            "out_features": dense.out_features,
-            "bias": dense.bias is not None,
-            "activation_function": "torch.nn.modules.activation.Tanh",
-        },
-    )
-    weights = {"linear.weight": dense.weight}
-    if dense.bias is not None:
-        weights["linear.bias"] = dense.bias
-    save_file(
-        {name: tensor.detach().contiguous().clone() for name, tensor in weights.items()},
-        str(directory / "2_Dense" / "model.safetensors"),
-        metadata={"format": "pt"},
-    )
 
 
 def _write_folder(

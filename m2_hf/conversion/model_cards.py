@@ -12,10 +12,11 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from ..hub import CODE_REPOSITORY, PAPER_URL, model_card_data
 from ..modeling.configuration_m2 import M2Config
 from .heads import MODEL_KINDS, ModelKind, parameter_count
 from .original import config_from_original
-from .presets import BERT_GLUE_AVERAGES, CODE_REPOSITORY, PAPER_URL, PRESETS, RETRIEVAL_BLOG_URL, Preset
+from .presets import BERT_GLUE_AVERAGES, PRESETS, RETRIEVAL_BLOG_URL, Preset
 
 TEMPLATE_FILE = "TEMPLATE.md"
 
@@ -247,14 +248,12 @@ def _summary(kind: ModelKind, preset: Preset | None) -> str:
 
 
 def _card_data(config: M2Config, kind: ModelKind) -> ModelCardData:
-    tags = ["m2", "monarch-mixer", "m2-bert"]
+    tags = ["m2-bert"]
     if config.max_sequence_length > 128:
         tags.append("long-context")
     if kind.name == "encoder":
         tags += ["retrieval", "sentence-embeddings"]
-    return ModelCardData(
-        language="en", license="apache-2.0", library_name="transformers", tags=tags, pipeline_tag=kind.pipeline_tag
-    )
+    return model_card_data(kind.model_class, language="en", tags=tags)
 
 
 def conversion_card(

@@ -12,8 +12,6 @@ from dataclasses import dataclass
 
 from .original import ConversionError
 
-CODE_REPOSITORY = "https://github.com/HazyResearch/m2"
-PAPER_URL = "https://arxiv.org/abs/2310.12109"
 RETRIEVAL_BLOG_URL = "https://hazyresearch.stanford.edu/blog/2024-01-11-m2-bert-retrieval"
 
 # Fields shared by every released config (the yamls under `bert/yamls`); the original config class has other
