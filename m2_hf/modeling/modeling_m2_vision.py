@@ -64,6 +64,11 @@ def vit_image_processor_classes() -> dict[str, type]:
 
 def check_vision_config(config: M2Config) -> None:
     """Raise a `ValueError` if the vision models cannot be built from `config`."""
+    if config.pooling == "first_token" and not config.bidirectional:
+        raise ValueError(
+            "M2Config.pooling='first_token' puts the [CLS] token in front of the patches, where a causal mixer "
+            "(bidirectional=False) lets it see none of them; use bidirectional=True or pooling='mean'."
+        )
     length = vision_sequence_length(config)
     if length > config.max_sequence_length:
         cls_note = " plus the [CLS] token" if config.pooling == "first_token" else ""
