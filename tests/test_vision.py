@@ -104,6 +104,17 @@ def test_patches_are_in_raster_order():
     assert changed == [1 * 4 + 2]
 
 
+def test_bfloat16_model_takes_float32_pixels():
+    """Image processors return float32; a model loaded in bf16 casts them itself."""
+    model = m2_hf.M2ForImageClassification(vision_config()).eval()
+    pixels = random_pixels()
+    with torch.no_grad():
+        expected = model(pixels).logits
+        logits = model.to(torch.bfloat16)(pixels).logits
+    assert logits.dtype == torch.bfloat16
+    torch.testing.assert_close(logits.float(), expected, atol=3e-2, rtol=3e-2)
+
+
 def test_every_parameter_gets_a_gradient():
     model = m2_hf.M2ForImageClassification(vision_config())
     model(random_pixels(), labels=torch.tensor([0, 2])).loss.backward()
