@@ -20,6 +20,7 @@ import datetime
 import functools
 import os
 import platform
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -158,17 +159,27 @@ def train_and_evaluate(
     return Result(name, parameters, accuracy, seconds)
 
 
-def report(results: list[Result], args: argparse.Namespace, num_train: int, num_test: int) -> str:
+def report(
+    results: list[Result], args: argparse.Namespace, argv: list[str], num_train: int, num_test: int, load: float
+) -> str:
     if torch.cuda.is_available():
         device = torch.cuda.get_device_name()
     else:
-        device = f"CPU, {os.cpu_count()} cores, torch using {torch.get_num_threads()} thread(s)"
+        device = (
+            f"CPU, {os.cpu_count()} cores (load average {load:.1f} at the start), "
+            f"torch using {torch.get_num_threads()} thread(s)"
+        )
     lines = [
-        f"sklearn digits, 8x8 grey, patch {PATCH_SIZE}; {num_train} train / {num_test} test images; "
-        f"{args.epochs} epochs, batch {args.batch_size}, AdamW lr {args.learning_rate} with warmup and cosine decay, "
-        "random one-pixel shifts",
-        f"{datetime.date.today().isoformat()}; {device}; Python {platform.python_version()}, "
-        f"torch {torch.__version__}, transformers {transformers.__version__}",
+        "$ python examples/digits_m2_vit.py " + " ".join(argv),
+        (
+            f"sklearn digits, 8x8 grey, patch {PATCH_SIZE}; {num_train} train / {num_test} test images; "
+            f"{args.epochs} epochs, batch {args.batch_size}, AdamW lr {args.learning_rate} with warmup and cosine "
+            "decay, random one-pixel shifts"
+        ),
+        (
+            f"{datetime.date.today().isoformat()}; {device}; Python {platform.python_version()}, "
+            f"torch {torch.__version__}, transformers {transformers.__version__}"
+        ),
         "",
         "| model | parameters | test accuracy | train time (s) |",
         "|---|---|---|---|",
@@ -189,7 +200,9 @@ def main(argv=None) -> list[Result]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--output", type=Path, help="also write the report here")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    load = os.getloadavg()[0]
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
@@ -207,7 +220,7 @@ def main(argv=None) -> list[Result]:
         )
         results.append(result)
         print(f"{name}: test accuracy {result.accuracy:.4f}, {result.seconds:.1f} s", flush=True)
-    text = report(results, args, len(train), len(test))
+    text = report(results, args, argv, len(train), len(test), load)
     print(text)
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)

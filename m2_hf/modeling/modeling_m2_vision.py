@@ -8,15 +8,16 @@ put in front and learned position embeddings are added. The sequence then goes t
     x_l = M2Layer(x_{l-1}),   h = LayerNorm(x_L),   pooled = h[:, 0] ("first_token") or mean_i h[:, i] ("mean")
 
 **1-D mixing over patches in raster order.** The mixer convolves the flattened patch sequence (row by row), not
-the 2-D grid. This reuses the encoder's mixer, implicit filters and kernels (Triton on CUDA) unchanged. A
-bidirectional convolution over the whole raster sequence still reaches every patch: with a grid of width `W`,
-the taps at offsets `1 .. W-1` reach the patches to the left and right in the same row (and, near the row ends,
-wrap into the next or previous row), and offsets `k*W + j` reach the patches `k` rows up or down, `j` columns
-apart. The filters are implicit functions of the offset, so each channel can learn a response at multiples of
-`W` (vertical neighbours) as well as at small offsets (horizontal ones); the position embeddings tell the layers
-where the row breaks are. What is lost against a 2-D convolution is the exact separation of vertical and wrapped
-horizontal neighbours at equal raster distance. The short causal convolution (3 taps) in front of the long one
-sees only the previous patches of the raster. Whether the published M2-ViT mixed in 1-D or 2-D is not known.
+the 2-D grid, so the encoder's mixer, implicit filters and kernels (Triton on CUDA) serve unchanged; a 2-D form
+would need 2-D implicit filters and 2-D FFT convolutions, new kernels included. The bidirectional convolution over
+the raster still reaches every patch from every patch: on a grid `W` patches wide, the tap at offset
+`d = k*W + j` (`0 <= j < W`) joins each patch to the one `k` rows down and `j` columns right, or, for patches in
+the last `j` columns, to the one `k + 1` rows down and `W - j` columns left (the row wraps). One weight per offset
+thus serves two displacements, and that is what is lost against a 2-D convolution; vertical neighbours (offsets
+that are multiples of `W`) are exact, and the implicit filters can learn responses there as easily as at small
+offsets. The gates depend on the position embeddings, so they can weight the two cases differently. The short causal
+convolution (3 taps) before the long one sees the previous patches of the raster. The [CLS] token at position 0
+sees every patch through the reverse filter. Whether the published M2-ViT mixed in 1-D or 2-D is not known.
 
 **Fixed image size.** The raster offsets that the filters learn depend on the grid width, and the position
 embeddings have one row per patch, so the models accept exactly `config.image_size` square images and raise a
