@@ -158,9 +158,15 @@ def _ops_module(operators: dict[str, tuple[str, str]]) -> str:
     ]
     for module, functions in sorted(by_module.items()):
         lines.append(_import_statement("", module, [ast.alias(function) for function in sorted(functions)]))
-    aliases = [f"{name} = {function}" for name, (_, function) in sorted(operators.items()) if name != function]
-    if aliases:
-        lines += ["", *aliases]
+    for name, (_, function) in sorted(operators.items()):
+        if name != function:  # the package's entry point takes a `backend`; here there is only the reference
+            lines += [
+                "",
+                "",
+                f"def {name}(*args, backend: str = \"torch\", **kwargs):",
+                f'    """`{function}`: the exported code has no fused kernels, so `backend` is ignored."""',
+                f"    return {function}(*args, **kwargs)",
+            ]
     return "\n".join(lines) + "\n"
 
 

@@ -104,9 +104,9 @@ def test_mlp_gradcheck_float64(glu):
 
 def test_mlp_block_structure_limits_dependencies():
     """With 4 blocks, output chunks depend only on the input chunks their blocks connect (GLU split order)."""
-    config = tiny_config(hidden_size=8, intermediate_size=8, monarch_mlp_nblocks=4)
+    config = tiny_config(hidden_size=8, intermediate_size=8, monarch_mlp_nblocks=4, norm_position="pre")
     mlp = M2MonarchMLP(config).double()
-    mlp.layernorm = torch.nn.Identity()
+    mlp.layernorm = torch.nn.Identity()  # pre-norm: mlp(v) = v + out(act(gate) * value) of v itself
     x = torch.randn(8, dtype=torch.float64)
     jacobian = torch.autograd.functional.jacobian(lambda v: mlp(v) - v, x)
     blocks = (jacobian.abs() > 0).reshape(4, 2, 4, 2).any(dim=(1, 3))

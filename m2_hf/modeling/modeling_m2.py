@@ -29,23 +29,29 @@ from transformers.modeling_outputs import (
 )
 from transformers.utils.generic import can_return_tuple
 
-from ..ops import blockdiag_matmul, causal_depthwise_conv, fft_long_conv
+from ..ops import add_layernorm, blockdiag_glu, blockdiag_matmul, causal_depthwise_conv, gated_long_conv, mixer_front
 from .cache_m2 import M2Cache, M2CacheLayer
 from .configuration_m2 import M2Config
 from .implicit_filter import M2ImplicitFilter, filter_decay_rates, filter_features, filter_positions
 from .monarch_mixer import M2MonarchSequenceMixer, MonarchLinear
 
 
+# Activations (`config.hidden_act`) the fused GLU kernel computes, by the kernel's name for them.
+GLU_KERNEL_ACTIVATIONS = {"gelu": "gelu", "silu": "silu", "swish": "silu"}
+
+
 class BlockDiagonalLinear(nn.Module):
     """`y = blockdiag(W_0, ..., W_{n-1}) x + b`: a single-factor Monarch projection.
 
     The input's last axis is split into `nblocks` contiguous chunks and chunk `b` meets block `W_b` only.
+    `backend` picks the kernels (`M2Config.kernel_backend`).
     """
 
-    def __init__(self, in_features: int, out_features: int, nblocks: int, bias: bool = True):
+    def __init__(self, in_features: int, out_features: int, nblocks: int, bias: bool = True, backend: str = "auto"):
         super().__init__()
         self.in_features = in_features
         self.out_features = out_features
+        self.backend = backend
         self.weight = nn.Parameter(torch.empty(nblocks, out_features // nblocks, in_features // nblocks))
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
         self.reset_parameters()
@@ -58,8 +64,7 @@ class BlockDiagonalLinear(nn.Module):
             init.uniform_(self.bias, -self.out_features**-0.5, self.out_features**-0.5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = blockdiag_matmul(x, self.weight)
-        return y if self.bias is None else y + self.bias
+        return blockdiag_matmul(x, self.weight, self.bias, backend=self.backend)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, nblocks={self.weight.shape[0]}"
@@ -136,6 +141,7 @@ class M2LongConvMixer(nn.Module):
         self.long_filter = M2ImplicitFilter(config)
         self.residual_filter = M2ImplicitFilter(config) if config.residual_long_conv else None
         self.out_proj = nn.Linear(hidden, hidden)
+        self.backend = config.kernel_backend
 
     def forward(
         self,
@@ -148,12 +154,12 @@ class M2LongConvMixer(nn.Module):
         continues the cached sequence and the cache is extended with it."""
         seq_len = hidden_states.shape[1]
         mixer_input = self.layernorm(hidden_states) if self.layernorm is not None else hidden_states
+        if cache is None:
+            return self.out_proj(self._mix(mixer_input, padding_mask).transpose(1, 2))
         projected = self.in_proj(mixer_input).transpose(1, 2)  # [B, 3H, L]
         if padding_mask is not None:
             projected = projected * padding_mask
-        if cache is None:
-            projected = self.short_conv(projected)
-        elif seq_len == 1:
+        if seq_len == 1:
             projected = self.short_conv.step(cache.update_short_conv_input(projected))
         else:
             # The cached last K-1 inputs go first; their outputs were produced at earlier steps.
@@ -167,12 +173,26 @@ class M2LongConvMixer(nn.Module):
             residual = mixer_input.transpose(1, 2)
             if padding_mask is not None:
                 residual = residual * padding_mask
-        if cache is not None:
-            gated_value, residual = cache.append_conv_inputs(gated_value, residual)  # the whole histories
+        gated_value, residual = cache.append_conv_inputs(gated_value, residual)  # the whole histories
         mixed = self._long_conv(gated_value, seq_len, self.long_filter, cache, "long").to(post_gate.dtype) * post_gate
         if residual is not None:
             mixed = mixed + self._long_conv(residual, seq_len, self.residual_filter, cache, "residual").to(mixed.dtype)
         return self.out_proj(mixed.transpose(1, 2))
+
+    def _mix(self, mixer_input: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
+        """The mixer without a cache, `[B, H, L]` before `out_proj`, with the fused kernels where they apply: one
+        pass for the short conv, split and pre-gate, one for the long conv with skip term and post-gate."""
+        seq_len = mixer_input.shape[1]
+        gated_value, post_gate = mixer_front(
+            self.in_proj(mixer_input), self.short_conv.weight, self.short_conv.bias, padding_mask, backend=self.backend
+        )
+        spectrum, skip = self.long_filter.spectrum(seq_len), self.long_filter.skip
+        mixed = gated_long_conv(gated_value, spectrum, skip, post_gate=post_gate, backend=self.backend)
+        if self.residual_filter is not None:
+            spectrum, skip = self.residual_filter.spectrum(seq_len), self.residual_filter.skip
+            residual_input = mixer_input.transpose(1, 2)
+            mixed = mixed + gated_long_conv(residual_input, spectrum, skip, pre_gate=padding_mask, backend=self.backend)
+        return mixed
 
     @staticmethod
     def _long_conv(
@@ -189,7 +209,7 @@ class M2LongConvMixer(nn.Module):
             taps = cache.filter_taps(name, implicit_filter, total)
             step = torch.einsum("bht,ht->bh", history, taps) + implicit_filter.skip.to(history.dtype) * history[..., -1]
             return step[..., None]
-        return fft_long_conv(history, implicit_filter.spectrum(total), implicit_filter.skip)[..., total - seq_len :]
+        return gated_long_conv(history, implicit_filter.spectrum(total), implicit_filter.skip)[..., total - seq_len :]
 
 
 class M2MonarchMLP(nn.Module):
@@ -206,21 +226,31 @@ class M2MonarchMLP(nn.Module):
         inner = 2 * config.intermediate_size if config.glu_mlp else config.intermediate_size
         # Order 1: M2-BERT's single block-diagonal factor; order 2: a Monarch matrix P L P^T R.
         projection = BlockDiagonalLinear if config.monarch_mlp_order == 1 else MonarchLinear
-        self.in_proj = projection(config.hidden_size, inner, config.monarch_mlp_nblocks, bias=False)
+        nblocks, backend = config.monarch_mlp_nblocks, config.kernel_backend
+        self.in_proj = projection(config.hidden_size, inner, nblocks, bias=False, backend=backend)
         self.act = ACT2FN[config.hidden_act]
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.out_proj = projection(config.intermediate_size, config.hidden_size, config.monarch_mlp_nblocks)
+        self.out_proj = projection(config.intermediate_size, config.hidden_size, nblocks, backend=backend)
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.backend = backend
+        # The fused GLU kernel computes act(gate) * value without the 2I-wide projection (order-1 factor only).
+        fusable = projection is BlockDiagonalLinear
+        self.fused_glu_activation = GLU_KERNEL_ACTIVATIONS.get(config.hidden_act) if fusable else None
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        projected = self.in_proj(self.layernorm(hidden_states) if self.pre_norm else hidden_states)
-        if self.glu:
-            gate, value = projected.split(self.intermediate_size, dim=-1)
+        mlp_input = self.layernorm(hidden_states) if self.pre_norm else hidden_states
+        if self.glu and self.fused_glu_activation is not None:
+            inner = blockdiag_glu(mlp_input, self.in_proj.weight, self.fused_glu_activation, backend=self.backend)
+        elif self.glu:
+            gate, value = self.in_proj(mlp_input).split(self.intermediate_size, dim=-1)
             inner = self.act(gate) * value
         else:
-            inner = self.act(projected)
-        output = self.out_proj(self.dropout(inner)) + hidden_states
-        return output if self.pre_norm else self.layernorm(output)
+            inner = self.act(self.in_proj(mlp_input))
+        output = self.out_proj(self.dropout(inner))
+        if self.pre_norm:
+            return output + hidden_states
+        norm = self.layernorm
+        return add_layernorm(output, hidden_states, norm.weight, norm.bias, norm.eps, backend=self.backend)
 
 
 class M2Layer(GradientCheckpointingLayer):

@@ -44,7 +44,13 @@ class MonarchLinear(nn.Module):
     """
 
     def __init__(
-        self, in_features: int, out_features: int, nblocks: int, bias: bool = True, identity_init: bool = False
+        self,
+        in_features: int,
+        out_features: int,
+        nblocks: int,
+        bias: bool = True,
+        identity_init: bool = False,
+        backend: str = "auto",
     ):
         super().__init__()
         if in_features % nblocks or out_features % nblocks:
@@ -57,6 +63,7 @@ class MonarchLinear(nn.Module):
         self.in_features = in_features
         self.out_features = out_features
         self.identity_init = identity_init
+        self.backend = backend
         self.right = nn.Parameter(torch.empty(nblocks, out_features // nblocks, in_features // nblocks))
         self.left = nn.Parameter(torch.empty(out_features // nblocks, nblocks, nblocks))
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
@@ -74,7 +81,7 @@ class MonarchLinear(nn.Module):
             init.uniform_(self.bias, -(self.out_features**-0.5), self.out_features**-0.5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = monarch_matmul(x, self.right, self.left)
+        y = monarch_matmul(x, self.right, self.left, backend=self.backend)
         return y if self.bias is None else y + self.bias
 
     def extra_repr(self) -> str:
@@ -115,10 +122,14 @@ class M2MonarchSequenceMixer(nn.Module):
         self.grid_length = nblocks * block_size
         normalise_input = config.mixer_layernorm or config.norm_position == "pre"
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.mixer_layernorm_eps) if normalise_input else None
-        self.input_monarch = MonarchLinear(self.grid_length, self.grid_length, nblocks, bias=False, identity_init=True)
+        self.input_monarch = MonarchLinear(
+            self.grid_length, self.grid_length, nblocks, bias=False, identity_init=True, backend=config.kernel_backend
+        )
         self.kernel = nn.Parameter(torch.empty(config.hidden_size, self.grid_length))
         self.act = ACT2FN[config.monarch_mixer_act]
-        self.output_monarch = MonarchLinear(self.grid_length, self.grid_length, nblocks, bias=False, identity_init=True)
+        self.output_monarch = MonarchLinear(
+            self.grid_length, self.grid_length, nblocks, bias=False, identity_init=True, backend=config.kernel_backend
+        )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
