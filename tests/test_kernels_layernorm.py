@@ -4,19 +4,12 @@ import pytest
 import torch
 
 from m2_hf.ops import add_layernorm
-from m2_hf.ops.layernorm import add_layernorm_reference, add_layernorm_triton, kernels
+from m2_hf.ops.layernorm import add_layernorm_reference, add_layernorm_triton
 
 RTOL = {torch.float32: 1e-5, torch.float16: 1e-2}
 
 
-@pytest.fixture(autouse=True)
-def poison_kernel_outputs(monkeypatch):
-    """Every buffer the kernels write starts as NaN, so an element they skip shows up."""
-
-    def nan_buffer(shape, dtype, device):
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-
-    monkeypatch.setattr(kernels, "new_buffer", nan_buffer)
+pytestmark = pytest.mark.usefixtures("poison_kernel_buffers")
 
 
 def assert_relative_close(actual, expected, rtol):

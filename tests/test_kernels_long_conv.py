@@ -26,14 +26,7 @@ from m2_hf.ops.long_conv import triton_long_conv
 LENGTHS = [7, 16, 33, 64, 100, 200, 300]
 
 
-@pytest.fixture(autouse=True)
-def poison_kernel_outputs(monkeypatch):
-    """Every buffer the kernels write starts as NaN, so an element they skip shows up."""
-
-    def nan_buffer(shape, dtype, device):
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-
-    monkeypatch.setattr(triton_long_conv, "new_buffer", nan_buffer)
+pytestmark = pytest.mark.usefixtures("poison_kernel_buffers")
 
 
 def make_spectrum(channels, seq_len, bidirectional, dtype=torch.float32):

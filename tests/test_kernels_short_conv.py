@@ -6,19 +6,12 @@ from helpers import tiny_config
 
 from m2_hf.modeling.modeling_m2 import M2LongConvMixer
 from m2_hf.ops import mixer_front
-from m2_hf.ops.short_conv import kernels, mixer_front_reference, mixer_front_triton
+from m2_hf.ops.short_conv import mixer_front_reference, mixer_front_triton
 
 RTOL = {torch.float32: 1e-5, torch.float16: 1e-2}
 
 
-@pytest.fixture(autouse=True)
-def poison_kernel_outputs(monkeypatch):
-    """Every buffer the kernels write starts as NaN, so an element they skip shows up."""
-
-    def nan_buffer(shape, dtype, device):
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-
-    monkeypatch.setattr(kernels, "new_buffer", nan_buffer)
+pytestmark = pytest.mark.usefixtures("poison_kernel_buffers")
 
 
 def assert_relative_close(actual, expected, rtol):

@@ -35,7 +35,6 @@ from .configuration_m2 import M2Config
 from .implicit_filter import M2ImplicitFilter, filter_decay_rates, filter_features, filter_positions
 from .monarch_mixer import M2MonarchSequenceMixer, MonarchLinear
 
-
 # Activations (`config.hidden_act`) the fused GLU kernel computes, by the kernel's name for them.
 GLU_KERNEL_ACTIVATIONS = {"gelu": "gelu", "silu": "silu", "swish": "silu"}
 

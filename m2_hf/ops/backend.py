@@ -51,3 +51,8 @@ def use_triton(tensor: torch.Tensor, requested: str = "auto") -> bool:
             )
         return True
     return tensor.is_cuda and triton_available()
+
+
+def new_buffer(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Allocation point of every buffer a Triton kernel writes (tests replace it to poison buffers with NaN)."""
+    return torch.empty(shape, dtype=dtype, device=device)

@@ -22,6 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import backend
 from ..backend import interpreting
 
 INTERPRET = interpreting()
@@ -60,11 +61,6 @@ _INTERPRETER_CONFIG = [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 1
 MATMUL_CONFIGS = _INTERPRETER_CONFIG if INTERPRET else _MATMUL_CONFIGS
 WEIGHT_GRAD_CONFIGS = _INTERPRETER_CONFIG if INTERPRET else _WEIGHT_GRAD_CONFIGS
 GLU_CONFIGS = _INTERPRETER_CONFIG if INTERPRET else _GLU_CONFIGS
-
-
-def new_buffer(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Allocation point of every buffer a kernel writes (tests replace it to poison buffers with NaN)."""
-    return torch.empty(shape, dtype=dtype, device=device)
 
 
 def _compute_dtype(dtype: torch.dtype):
@@ -361,7 +357,7 @@ def blockdiag_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     nblocks, out_block, in_block = weight.shape
     weight = weight.contiguous()
     x2d = as_rows(x)
-    out = new_buffer((x2d.shape[0], nblocks * out_block), x.dtype, x.device)
+    out = backend.new_buffer((x2d.shape[0], nblocks * out_block), x.dtype, x.device)
     blockdiag_matmul_strided(
         x2d, Layout(x2d.stride(0), in_block, 1),
         weight, WeightLayout(out_block * in_block, in_block, 1),
@@ -381,14 +377,14 @@ def blockdiag_backward(
     x2d = as_rows(x)
     grad2d = as_rows(grad_out)
     rows = x2d.shape[0]
-    grad_x = new_buffer((rows, nblocks * in_block), x.dtype, x.device)
+    grad_x = backend.new_buffer((rows, nblocks * in_block), x.dtype, x.device)
     blockdiag_matmul_strided(
         grad2d, Layout(grad2d.stride(0), out_block, 1),
         weight, WeightLayout(out_block * in_block, 1, in_block),
         grad_x, Layout(nblocks * in_block, in_block, 1),
         rows, nblocks, in_block, out_block,
     )  # fmt: skip
-    grad_weight = new_buffer(weight.shape, weight.dtype, weight.device)
+    grad_weight = backend.new_buffer(weight.shape, weight.dtype, weight.device)
     blockdiag_weight_grad_strided(
         grad2d, Layout(grad2d.stride(0), out_block, 1),
         x2d, Layout(x2d.stride(0), in_block, 1),
@@ -426,7 +422,7 @@ def blockdiag_glu_forward(x: torch.Tensor, weight: torch.Tensor, activation: str
     weight = weight.contiguous()
     x2d = as_rows(x)
     rows = x2d.shape[0]
-    out = new_buffer((rows, intermediate), x.dtype, x.device)
+    out = backend.new_buffer((rows, intermediate), x.dtype, x.device)
     _blockdiag_glu_kernel[_glu_grid(rows, intermediate, segment)](
         x2d, weight, out,
         rows, out_block, in_block, intermediate, segment,
@@ -448,7 +444,7 @@ def blockdiag_glu_backward(
     x2d = as_rows(x)
     grad2d = as_rows(grad_out)
     rows = x2d.shape[0]
-    grad_projected = new_buffer((rows, 2 * intermediate), x.dtype, x.device)
+    grad_projected = backend.new_buffer((rows, 2 * intermediate), x.dtype, x.device)
     _blockdiag_glu_backward_kernel[_glu_grid(rows, intermediate, segment)](
         x2d, weight, grad2d, grad_projected,
         rows, out_block, in_block, intermediate, segment,

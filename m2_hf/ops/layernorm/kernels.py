@@ -14,15 +14,11 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import backend
 from ..backend import interpreting
 
 INTERPRET = interpreting()
 MAX_FUSED_BYTES = 65536
-
-
-def new_buffer(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Allocation point of every buffer a kernel writes (tests replace it to poison buffers with NaN)."""
-    return torch.empty(shape, dtype=dtype, device=device)
 
 
 @triton.jit
@@ -108,9 +104,9 @@ def add_layernorm_forward(
     width = x.shape[-1]
     x2d, r2d = _rows(x), _rows(residual)
     rows = x2d.shape[0]
-    y = new_buffer((rows, width), torch.promote_types(x.dtype, residual.dtype), x.device)
-    mean = new_buffer((rows,), torch.float32, x.device)
-    rstd = new_buffer((rows,), torch.float32, x.device)
+    y = backend.new_buffer((rows, width), torch.promote_types(x.dtype, residual.dtype), x.device)
+    mean = backend.new_buffer((rows,), torch.float32, x.device)
+    rstd = backend.new_buffer((rows,), torch.float32, x.device)
     block_n, tile_rows, num_warps = _tiling(width, x.element_size())
     _add_layernorm_kernel[(triton.cdiv(rows, tile_rows),)](
         x2d, r2d, weight.contiguous(), bias.contiguous(), y, mean, rstd,
@@ -141,9 +137,9 @@ def add_layernorm_backward(
     rows = x2d.shape[0]
     block_n, tile_rows, num_warps = _tiling(width, x.element_size())
     programs = max(1, _num_programs(triton.cdiv(rows, tile_rows), x.device))
-    grad_sum = new_buffer((rows, width), x.dtype, x.device)
-    weight_partials = new_buffer((programs, width), torch.float32, x.device)
-    bias_partials = new_buffer((programs, width), torch.float32, x.device)
+    grad_sum = backend.new_buffer((rows, width), x.dtype, x.device)
+    weight_partials = backend.new_buffer((programs, width), torch.float32, x.device)
+    bias_partials = backend.new_buffer((programs, width), torch.float32, x.device)
     _add_layernorm_backward_kernel[(programs,)](
         dy2d, x2d, r2d, weight.contiguous(), mean, rstd, grad_sum, weight_partials, bias_partials,
         rows, width,

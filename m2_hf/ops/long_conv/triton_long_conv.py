@@ -22,6 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import backend
 from .monarch_fft import FFTPlan, dft_tables
 
 
@@ -273,11 +274,6 @@ def _gated_long_conv_bwd_kernel(
     tl.store(grad_skip_partial_ptr + partial, tl.sum(grad_skip))
 
 
-def new_buffer(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Allocation point of every buffer the kernels write (tests replace it to poison buffers with NaN)."""
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
 def _dot_precision(dtype: torch.dtype) -> str:
     """Exact fp32 products for fp32 inputs; TF32 tensor cores for half inputs, whose own rounding dominates.
     (The interpreter computes every fp32 dot exactly.)"""
@@ -317,7 +313,7 @@ def gated_long_conv_fwd_triton(
     """Launch the forward kernel. `u` and the gates `[B, H, L]` with unit stride along `L`; `spectrum` from
     `monarch_spectrum` (`[H, 2, N]` float32, contiguous). Returns a new contiguous `[B, H, L]` in `u`'s dtype."""
     batch, channels, seq_len = u.shape
-    out = new_buffer(u.shape, u.dtype, u.device)
+    out = backend.new_buffer(u.shape, u.dtype, u.device)
     tables = dft_tables(plan.outer, plan.inner, u.device)
     grid = (channels, triton.cdiv(batch, plan.block_rows))
     _gated_long_conv_fwd_kernel[grid](
@@ -348,12 +344,12 @@ def gated_long_conv_bwd_triton(
     """Launch the backward kernel. Returns `(grad_u, grad_spectrum [H, 2, N] float32, grad_skip, grad_pre_gate,
     grad_post_gate)`, the gate gradients None where the gate is."""
     batch, channels, seq_len = u.shape
-    grad_u = new_buffer(u.shape, u.dtype, u.device)
-    grad_pre_gate = None if pre_gate is None else new_buffer(pre_gate.shape, pre_gate.dtype, u.device)
-    grad_post_gate = None if post_gate is None else new_buffer(post_gate.shape, post_gate.dtype, u.device)
+    grad_u = backend.new_buffer(u.shape, u.dtype, u.device)
+    grad_pre_gate = None if pre_gate is None else backend.new_buffer(pre_gate.shape, pre_gate.dtype, u.device)
+    grad_post_gate = None if post_gate is None else backend.new_buffer(post_gate.shape, post_gate.dtype, u.device)
     num_splits = _num_splits(channels, triton.cdiv(batch, plan.block_rows), u.device)
-    grad_spectrum_partial = new_buffer((num_splits, channels, 2, plan.fft_size), torch.float32, u.device)
-    grad_skip_partial = new_buffer((num_splits, channels), torch.float32, u.device)
+    grad_spectrum_partial = backend.new_buffer((num_splits, channels, 2, plan.fft_size), torch.float32, u.device)
+    grad_skip_partial = backend.new_buffer((num_splits, channels), torch.float32, u.device)
     tables = dft_tables(plan.outer, plan.inner, u.device)
     _gated_long_conv_bwd_kernel[(channels, num_splits)](
         grad_out, u, pre_gate, post_gate, spectrum, skip,

@@ -17,6 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import backend
 from ..backend import interpreting
 
 INTERPRET = interpreting()
@@ -36,11 +37,6 @@ BACKWARD_CONFIGS = (
     if INTERPRET
     else [triton.Config({"BLOCK_H": bh}, num_warps=warps) for bh, warps in [(32, 4), (64, 4), (128, 4), (128, 8)]]
 )
-
-
-def new_buffer(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Allocation point of every buffer a kernel writes (tests replace it to poison buffers with NaN)."""
-    return torch.empty(shape, dtype=dtype, device=device)
 
 
 @triton.jit
@@ -221,8 +217,8 @@ def mixer_front_forward(
     kernel_size = weight.shape[-1]
     weight, bias = weight.contiguous(), bias.contiguous()
     mask, stride_mb, stride_ml = _mask_args(padding_mask, projected)
-    gated = new_buffer((batch, hidden, length), projected.dtype, projected.device)
-    post = new_buffer((batch, hidden, length), projected.dtype, projected.device)
+    gated = backend.new_buffer((batch, hidden, length), projected.dtype, projected.device)
+    post = backend.new_buffer((batch, hidden, length), projected.dtype, projected.device)
 
     def grid(meta):
         return (triton.cdiv(length, meta["BLOCK_L"]), triton.cdiv(hidden, meta["BLOCK_H"]), batch)
@@ -252,9 +248,9 @@ def mixer_front_backward(
     weight_c, bias_c = weight.contiguous(), bias.contiguous()
     mask, stride_mb, stride_ml = _mask_args(padding_mask, projected)
     tiles = triton.cdiv(length, BACKWARD_BLOCK_L)
-    grad_projected = new_buffer((batch, length, channels), projected.dtype, projected.device)
-    weight_partials = new_buffer((batch * tiles, channels, kernel_size), torch.float32, projected.device)
-    bias_partials = new_buffer((batch * tiles, channels), torch.float32, projected.device)
+    grad_projected = backend.new_buffer((batch, length, channels), projected.dtype, projected.device)
+    weight_partials = backend.new_buffer((batch * tiles, channels, kernel_size), torch.float32, projected.device)
+    bias_partials = backend.new_buffer((batch * tiles, channels), torch.float32, projected.device)
 
     def grid(meta):
         return (tiles, triton.cdiv(hidden, meta["BLOCK_H"]), batch)
