@@ -14,15 +14,11 @@ versions and date. Numbers are reported, never asserted.
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
-import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import transformers
+from timing import measured_on, median_seconds
 from transformers import BertConfig, BertModel
 
 import m2_hf
@@ -55,24 +51,6 @@ def bert_base(length: int, attention: str) -> BertModel:
     return BertModel(config, add_pooling_layer=False)
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_calls(fn, device: torch.device, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def measure(name, model, length, tokens, mode, device, dtype, warmup, repeats) -> Row:
     batch = max(1, tokens // length)
     model = model.to(device).train(mode == "train")
@@ -92,7 +70,7 @@ def measure(name, model, length, tokens, mode, device, dtype, warmup, repeats) -
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    seconds = time_calls(infer if mode == "infer" else train_step, device, warmup, repeats)
+    seconds = median_seconds(infer if mode == "infer" else train_step, device, warmup, repeats)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     model.cpu()
     return Row(name, length, batch, mode, seconds * 1e3, batch * length / seconds, peak)
@@ -136,17 +114,8 @@ def format_row(row: Row, rows: list[Row]) -> str:
 
 
 def header(device: torch.device, dtype: torch.dtype) -> str:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
-    triton = "none"
-    try:
-        import triton
-
-        triton = triton.__version__
-    except ImportError:
-        pass
     return (
-        f"Measured {datetime.date.today().isoformat()} on {name} ({device.type}), torch {torch.__version__}, "
-        f"triton {triton}, transformers {transformers.__version__}, m2-hf {m2_hf.__version__}, {dtype} autocast.\n\n"
+        f"{measured_on(device)}, {dtype} autocast.\n\n"
         "| model | L | batch | mode | ms | tokens/s | vs BERT-sdpa | vs M2 torch | peak GB |\n"
         "|---|---|---|---|---|---|---|---|---|"
     )

@@ -20,15 +20,11 @@ never asserted.
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
-import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import transformers
+from timing import measured_on, median_seconds
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import m2_hf
@@ -81,24 +77,6 @@ def gpt2(size: dict, max_length: int) -> GPT2LMHeadModel:
     )
     config._attn_implementation = "sdpa"
     return GPT2LMHeadModel(config)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_seconds(fn, device: torch.device, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 @torch.no_grad()
@@ -187,14 +165,9 @@ def format_row(row: Row, rows: list[Row]) -> str:
 
 
 def header(device: torch.device, dtype: torch.dtype, args, parameters: dict[str, int]) -> str:
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
     sizes = ", ".join(f"{model} {count / 1e6:.1f}M parameters" for model, count in parameters.items())
     return (
-        f"Measured {datetime.date.today().isoformat()} on {name}, torch {torch.__version__}, transformers "
-        f"{transformers.__version__}, m2-hf {m2_hf.__version__}, {dtype}; size {args.size} ({sizes}).\n"
+        f"{measured_on(device)}, {dtype}; size {args.size} ({sizes}).\n"
         "decode: ms per generated token after a prompt of L tokens (tokens/s = batch / ms); "
         "prefill: one prompt pass, tokens/s = batch * L / time.\n\n"
         "| measurement | model | L | batch | ms | tokens/s | ratio |\n"

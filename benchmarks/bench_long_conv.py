@@ -13,16 +13,12 @@ row too; the `path` column says so. Numbers are reported, never asserted.
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
-import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from timing import measured_on, median_seconds
 
-import m2_hf
 from m2_hf.ops.long_conv import fused_path_supported, gated_long_conv, long_conv_kernel, long_conv_spectrum
 
 
@@ -35,25 +31,6 @@ class Row:
     mode: str
     ms: float
     peak_gb: float | None
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_calls(fn, device: torch.device, warmup: int, repeats: int) -> float:
-    """Median wall time of `fn` in milliseconds, synchronising the device around every call."""
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
 
 
 def make_inputs(length: int, batch: int, channels: int, device: torch.device, dtype: torch.dtype):
@@ -82,23 +59,14 @@ def measure(backend, length, batch, channels, mode, device, dtype, warmup, repea
     fused = backend == "triton" and fused_path_supported(u, spectrum)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    ms = time_calls(forward if mode == "fwd" else forward_backward, device, warmup, repeats)
+    ms = 1e3 * median_seconds(forward if mode == "fwd" else forward_backward, device, warmup, repeats)
     peak_gb = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     return Row(backend, "fused" if fused else "torch.fft", length, batch, mode, ms, peak_gb)
 
 
 def header(device: torch.device, dtype: torch.dtype, channels: int, tokens: int) -> str:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = "none"
     return (
-        f"Measured {datetime.date.today().isoformat()} on {name} ({device.type}), torch {torch.__version__}, "
-        f"triton {triton_version}, m2-hf {m2_hf.__version__}; gated long conv, {dtype} inputs, H = {channels}, "
-        f"{tokens} tokens per call.\n\n"
+        f"{measured_on(device)}; gated long conv, {dtype} inputs, H = {channels}, {tokens} tokens per call.\n\n"
         "| backend | path | L | batch | mode | ms | vs torch | peak GB |\n"
         "|---|---|---|---|---|---|---|---|"
     )

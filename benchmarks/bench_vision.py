@@ -21,15 +21,11 @@ with the device, versions and date. Numbers are reported, never asserted.
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
-import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import transformers
+from timing import measured_on, median_seconds
 from transformers import ViTConfig, ViTForImageClassification
 
 import m2_hf
@@ -83,24 +79,6 @@ def vit_b16(image_size: int, attention: str = "sdpa") -> ViTForImageClassificati
     return ViTForImageClassification(config)
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_calls(fn, device: torch.device, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def measure(name, model, image_size, batch, mode, device, dtype, warmup, repeats) -> Row:
     parameters = sum(p.numel() for p in model.parameters())
     model = model.to(device).train(mode == "train")
@@ -121,7 +99,7 @@ def measure(name, model, image_size, batch, mode, device, dtype, warmup, repeats
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    seconds = time_calls(infer if mode == "infer" else train_step, device, warmup, repeats)
+    seconds = median_seconds(infer if mode == "infer" else train_step, device, warmup, repeats)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     model.cpu()
     return Row(name, image_size, batch, mode, parameters, seconds * 1e3, batch / seconds, peak)
@@ -165,18 +143,9 @@ def format_row(row: Row, rows: list[Row]) -> str:
 
 
 def header(device: torch.device, dtype: torch.dtype) -> str:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
-    triton = "none"
-    try:
-        import triton
-
-        triton = triton.__version__
-    except ImportError:
-        pass
     autocast = "no autocast" if dtype == torch.float32 else f"{dtype} autocast"
     return (
-        f"Measured {datetime.date.today().isoformat()} on {name} ({device.type}), torch {torch.__version__}, "
-        f"triton {triton}, transformers {transformers.__version__}, m2-hf {m2_hf.__version__}, {autocast}. "
+        f"{measured_on(device)}, {autocast}. "
         "M2-ViT-b: 768 hidden, 12 layers, GLU block-diagonal MLP (4 blocks, intermediate 1536), patch 16. "
         "ViT-b/16: transformers' ViT-base, sdpa attention. Training step = forward, cross-entropy, backward.\n\n"
         "| model | image | params | batch | mode | ms | images/s | vs ViT-sdpa | peak GB |\n"

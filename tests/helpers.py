@@ -23,3 +23,19 @@ def tiny_config(**overrides) -> m2_hf.M2Config:
     )
     fields.update(overrides)
     return m2_hf.M2Config(**fields)
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str, monkeypatch):
+    """Import the script `benchmarks/<name>.py` as a module (its folder first on the path, as when run directly)."""
+    import importlib.util
+    import sys
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)  # dataclasses resolve their module through sys.modules
+    spec.loader.exec_module(module)
+    return module

@@ -1,18 +1,12 @@
 """The generation benchmark runs end to end (tiny sizes, CPU, float32); its numbers are not checked."""
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_generation.py"
+from helpers import load_benchmark
 
 
-def test_generation_benchmark_smoke(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_generation", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench  # dataclasses resolve their module through sys.modules
-    spec.loader.exec_module(bench)
+def test_generation_benchmark_smoke(tmp_path, monkeypatch):
+    bench = load_benchmark("bench_generation", monkeypatch)
     output = tmp_path / "table.md"
     rows = bench.main(
         ["--size", "tiny", "--lengths", "16", "32", "--device", "cpu", "--dtype", "float32", "--decode-steps", "2",

@@ -1,20 +1,14 @@
 """The vision benchmark runs end to end (tiny images, CPU, float32); its numbers are not checked."""
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_vision.py"
+from helpers import load_benchmark
 
 
-def test_vision_benchmark_smoke(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_vision", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench  # dataclasses resolve their module through sys.modules
-    spec.loader.exec_module(bench)
+def test_vision_benchmark_smoke(tmp_path, monkeypatch):
+    bench = load_benchmark("bench_vision", monkeypatch)
     output = tmp_path / "table.md"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny 32x32 batches: intra-op threads only wait on each other

@@ -1,18 +1,12 @@
 """The encoder benchmark runs end to end (tiny sizes, CPU, float32); its numbers are not checked."""
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_encoder.py"
+from helpers import load_benchmark
 
 
-def test_encoder_benchmark_smoke(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_encoder", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench  # dataclasses resolve their module through sys.modules
-    spec.loader.exec_module(bench)
+def test_encoder_benchmark_smoke(tmp_path, monkeypatch):
+    bench = load_benchmark("bench_encoder", monkeypatch)
     output = tmp_path / "table.md"
     rows = bench.main(
         ["--lengths", "16", "--device", "cpu", "--dtype", "float32", "--infer-tokens", "32", "--train-tokens", "16",

@@ -1,8 +1,5 @@
 """Fused gated long convolution (Triton, run by the CPU interpreter) against the torch.fft reference."""
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,6 +18,8 @@ from m2_hf.ops.long_conv import (
     monarch_spectrum,
 )
 from m2_hf.ops.long_conv import triton_long_conv
+
+from helpers import load_benchmark
 
 # dense DFT (N = 16, 32, 128), two Monarch factors (16x16, 16x32, 32x32, 64x64); odd and non-power-of-two lengths
 LENGTHS = [7, 16, 33, 64, 100, 200, 300]
@@ -173,13 +172,9 @@ def test_compiles_fullgraph(kernel_backend):
         assert_close_to(grad, expected_grad, rtol=1e-5)
 
 
-def test_benchmark_smoke(tmp_path):
+def test_benchmark_smoke(tmp_path, monkeypatch):
     """The micro-benchmark runs on CPU (reference rows only); its numbers are not checked."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_long_conv.py"
-    spec = importlib.util.spec_from_file_location("bench_long_conv", path)
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench  # dataclasses resolve their module through sys.modules
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("bench_long_conv", monkeypatch)
     output = tmp_path / "table.md"
     rows = bench.main(
         ["--lengths", "16", "--device", "cpu", "--dtype", "float32", "--tokens", "32", "--channels", "4",

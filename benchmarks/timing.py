@@ -1,0 +1,50 @@
+"""Timing and provenance shared by the benchmark scripts."""
+
+from __future__ import annotations
+
+import datetime
+import platform
+import statistics
+import time
+
+import torch
+import transformers
+
+import m2_hf
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(fn, device: torch.device, warmup: int, repeats: int) -> float:
+    """Median wall time of `fn` in seconds, with the device synchronised around every call."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measured_on(device: torch.device) -> str:
+    """`Measured <date> on <device>, torch ..., triton ..., transformers ..., m2-hf ...`."""
+    if device.type == "cuda":
+        name = f"{torch.cuda.get_device_name(device)} (cuda)"
+    else:
+        name = f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "none"
+    return (
+        f"Measured {datetime.date.today().isoformat()} on {name}, torch {torch.__version__}, triton {triton_version}, "
+        f"transformers {transformers.__version__}, m2-hf {m2_hf.__version__}"
+    )
