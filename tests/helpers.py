@@ -3,6 +3,8 @@
 import os
 from pathlib import Path
 
+import torch
+
 import m2_hf
 
 FIXTURES = Path(
@@ -39,3 +41,14 @@ def load_benchmark(name: str, monkeypatch):
     monkeypatch.setitem(sys.modules, name, module)  # dataclasses resolve their module through sys.modules
     spec.loader.exec_module(module)
     return module
+
+
+# Tolerance of the Triton kernels against their references, relative to the largest reference magnitude.
+KERNEL_RTOL = {torch.float32: 1e-5, torch.float16: 1e-2}
+
+
+def assert_relative_close(actual, expected, rtol):
+    """Largest error at most `rtol` times the largest reference magnitude; no NaN left anywhere."""
+    assert torch.isfinite(actual).all()
+    error = (actual.float() - expected.float()).abs().max().item()
+    assert error <= rtol * expected.float().abs().max().item(), f"max error {error}"

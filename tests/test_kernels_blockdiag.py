@@ -12,17 +12,11 @@ from m2_hf.ops.blockdiag import (
 )
 from m2_hf.ops.monarch import monarch_matmul_reference, monarch_matmul_triton
 
-RTOL = {torch.float32: 1e-5, torch.float16: 1e-2}
+from helpers import KERNEL_RTOL as RTOL, assert_relative_close
+
 
 
 pytestmark = pytest.mark.usefixtures("poison_kernel_buffers")
-
-
-def assert_relative_close(actual, expected, rtol):
-    """Largest error at most `rtol` times the largest reference magnitude; no NaN left anywhere."""
-    assert torch.isfinite(actual).all()
-    error = (actual.float() - expected.float()).abs().max().item()
-    assert error <= rtol * expected.float().abs().max().item(), f"max error {error}"
 
 
 def check_against_reference(fused, reference, inputs, dtype):

@@ -6,17 +6,11 @@ import torch
 from m2_hf.ops import add_layernorm
 from m2_hf.ops.layernorm import add_layernorm_reference, add_layernorm_triton
 
-RTOL = {torch.float32: 1e-5, torch.float16: 1e-2}
+from helpers import KERNEL_RTOL as RTOL, assert_relative_close
+
 
 
 pytestmark = pytest.mark.usefixtures("poison_kernel_buffers")
-
-
-def assert_relative_close(actual, expected, rtol):
-    """Largest error at most `rtol` times the largest reference magnitude; no NaN left anywhere."""
-    assert torch.isfinite(actual).all()
-    error = (actual.float() - expected.float()).abs().max().item()
-    assert error <= rtol * expected.float().abs().max().item(), f"max error {error}"
 
 
 def make_inputs(shape, offset=0.0):

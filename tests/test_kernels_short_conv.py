@@ -2,23 +2,15 @@
 
 import pytest
 import torch
-from helpers import tiny_config
+from helpers import KERNEL_RTOL as RTOL, assert_relative_close, tiny_config
 
 from m2_hf.modeling.modeling_m2 import M2LongConvMixer
 from m2_hf.ops import mixer_front
 from m2_hf.ops.short_conv import mixer_front_reference, mixer_front_triton
 
-RTOL = {torch.float32: 1e-5, torch.float16: 1e-2}
 
 
 pytestmark = pytest.mark.usefixtures("poison_kernel_buffers")
-
-
-def assert_relative_close(actual, expected, rtol):
-    """Largest error at most `rtol` times the largest reference magnitude; no NaN left anywhere."""
-    assert torch.isfinite(actual).all()
-    error = (actual.float() - expected.float()).abs().max().item()
-    assert error <= rtol * expected.float().abs().max().item(), f"max error {error}"
 
 
 def random_mask(batch, length):
