@@ -40,7 +40,12 @@ AutoModelForTokenClassification.register(M2Config, M2ForTokenClassification, exi
 AutoModelForImageClassification.register(M2Config, M2ForImageClassification, exist_ok=True)
 _image_processors = vit_image_processor_classes()
 if _image_processors:  # ViT's image processors, for the installed backends (pillow, torchvision)
-    AutoImageProcessor.register(M2Config, image_processor_classes=_image_processors, exist_ok=True)
+    try:
+        AutoImageProcessor.register(M2Config, image_processor_classes=_image_processors, exist_ok=True)
+    except ImportError:
+        # Some transformers 5.x releases offer AutoImageProcessor only with torchvision installed; without it
+        # the processor is loaded by its class (ViTImageProcessorPil.from_pretrained) instead.
+        pass
 
 __all__ = [
     "M2Config",
