@@ -52,3 +52,35 @@ def assert_relative_close(actual, expected, rtol):
     assert torch.isfinite(actual).all()
     error = (actual.float() - expected.float()).abs().max().item()
     assert error <= rtol * expected.float().abs().max().item(), f"max error {error}"
+
+
+def training_args(tmp_path, **overrides):
+    """Short CPU `TrainingArguments` for the Trainer tests, with `overrides`."""
+    from transformers import TrainingArguments
+
+    fields = dict(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        learning_rate=3e-3,
+        max_steps=30,
+        logging_steps=5,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        seed=0,
+        dataloader_pin_memory=False,
+    )
+    fields.update(overrides)
+    return TrainingArguments(**fields)
+
+
+def compiled_gpu_kernels_only():
+    """Skip marks for tests of the compiled Triton kernels: they need CUDA and `TRITON_INTERPRET=0`."""
+    import pytest
+
+    from m2_hf.ops.backend import interpreting
+
+    return [
+        pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+        pytest.mark.skipif(interpreting(), reason="set TRITON_INTERPRET=0 to run the compiled kernels"),
+    ]

@@ -20,12 +20,10 @@ from m2_hf.ops import (
     monarch_matmul,
     monarch_matmul_reference,
 )
-from m2_hf.ops.backend import interpreting
 
-pytestmark = [
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
-    pytest.mark.skipif(interpreting(), reason="set TRITON_INTERPRET=0 to run the compiled kernels"),
-]
+from helpers import compiled_gpu_kernels_only
+
+pytestmark = compiled_gpu_kernels_only()
 
 TOKENS = 16384
 HIDDEN = 768

@@ -6,7 +6,6 @@ Run the compiled kernels, not the interpreter: `TRITON_INTERPRET=0 python -m pyt
 import pytest
 import torch
 
-from m2_hf.ops.backend import interpreting
 from m2_hf.ops.long_conv import (
     fused_path_supported,
     gated_long_conv,
@@ -15,10 +14,9 @@ from m2_hf.ops.long_conv import (
     long_conv_spectrum,
 )
 
-pytestmark = [
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
-    pytest.mark.skipif(interpreting(), reason="set TRITON_INTERPRET=0 to run the compiled kernels"),
-]
+from helpers import compiled_gpu_kernels_only
+
+pytestmark = compiled_gpu_kernels_only()
 
 TOKENS = 65536
 CHANNELS = 768

@@ -8,12 +8,11 @@ from transformers import (
     DataCollatorForLanguageModeling,
     DataCollatorWithPadding,
     Trainer,
-    TrainingArguments,
     pipeline,
 )
 
 import m2_hf
-from helpers import tiny_config
+from helpers import tiny_config, training_args
 
 SENTENCES = [
     "the cat sat on the mat.",
@@ -37,21 +36,6 @@ def small_text_config(tokenizer, **overrides):
     return tiny_config(vocab_size=30528, pad_token_id=tokenizer.pad_token_id, **overrides)
 
 
-def training_args(tmp_path, **overrides):
-    fields = dict(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=4,
-        learning_rate=3e-3,
-        max_steps=30,
-        logging_steps=5,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        seed=0,
-        dataloader_pin_memory=False,
-    )
-    fields.update(overrides)
-    return TrainingArguments(**fields)
 
 
 def logged_losses(trainer):
