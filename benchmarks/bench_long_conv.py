@@ -4,8 +4,9 @@ Each call computes `post_gate * (conv(u * pre_gate, k) + D * (u * pre_gate))` fo
 `[B, H, L]` in `--dtype` (bf16 by default) with `B = --tokens / L`, and a bidirectional filter spectrum. Modes:
 forward (`no_grad`) and forward + backward of every input (`train`). The Triton rows need CUDA (the CPU
 interpreter is far too slow to time); on CPU only the reference is timed, which keeps the script checkable
-without a GPU. Lengths whose FFT exceeds one program (`L > 4096`) run the torch.fft fallback in the "triton"
-row too; the `path` column says so. Numbers are reported, never asserted.
+without a GPU. The `path` column says how the "triton" row ran: one fused program per row (`L <= 4096`), three
+launches with a radix step (`radix R`, `L <= 32768`), or the torch.fft fallback. Numbers are reported, never
+asserted.
 
     python benchmarks/bench_long_conv.py --output benchmarks/results/long-conv-$(date +%F).md
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 from timing import measured_on, median_seconds
 
-from m2_hf.ops.long_conv import fused_path_supported, gated_long_conv, long_conv_kernel, long_conv_spectrum
+from m2_hf.ops.long_conv import fft_plan, fused_path_supported, gated_long_conv, long_conv_kernel, long_conv_spectrum
 
 
 @dataclass
@@ -56,12 +57,15 @@ def measure(backend, length, batch, channels, mode, device, dtype, warmup, repea
         out = gated_long_conv(u, spectrum, skip, pre_gate, post_gate, backend=backend)
         torch.autograd.grad(out, inputs, grad_out)
 
-    fused = backend == "triton" and fused_path_supported(u, spectrum)
+    path = "torch.fft"
+    if backend == "triton" and fused_path_supported(u, spectrum):
+        radix = fft_plan(length).radix
+        path = "fused" if radix == 1 else f"radix {radix}"
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     ms = 1e3 * median_seconds(forward if mode == "fwd" else forward_backward, device, warmup, repeats)
     peak_gb = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    return Row(backend, "fused" if fused else "torch.fft", length, batch, mode, ms, peak_gb)
+    return Row(backend, path, length, batch, mode, ms, peak_gb)
 
 
 def header(device: torch.device, dtype: torch.dtype, channels: int, tokens: int) -> str:

@@ -39,3 +39,13 @@ def poison_kernel_buffers(monkeypatch):
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
 
     monkeypatch.setattr(m2_hf.ops.backend, "new_buffer", nan_buffer)
+
+
+@pytest.fixture
+def small_radix_plans(monkeypatch):
+    """The long convolution's radix step from FFT size 512 on, over subsequences of 256: the three-launch path
+    at lengths the interpreter runs quickly."""
+    from m2_hf.ops.long_conv import monarch_fft
+
+    monkeypatch.setattr(monarch_fft, "MAX_FUSED_FFT_SIZE", 256)
+    monkeypatch.setattr(monarch_fft, "RADIX_INNER_FFT_SIZE", 256)

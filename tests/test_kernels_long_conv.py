@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from m2_hf.ops.long_conv import (
-    MAX_FUSED_FFT_SIZE,
+    MAX_RADIX_FFT_SIZE,
     fft_long_conv,
     fft_long_conv_reference,
     fft_plan,
@@ -17,12 +17,14 @@ from m2_hf.ops.long_conv import (
     long_conv_spectrum,
     monarch_spectrum,
 )
-from m2_hf.ops.long_conv import triton_long_conv
+from m2_hf.ops.long_conv import triton_long_conv, triton_long_conv_radix
 
 from helpers import load_benchmark
 
 # dense DFT (N = 16, 32, 128), two Monarch factors (16x16, 16x32, 32x32, 64x64); odd and non-power-of-two lengths
 LENGTHS = [7, 16, 33, 64, 100, 200, 300]
+# with `small_radix_plans`: radix 2 (N = 512), 4, 8 and 16 (N = 4096) over 16 x 16 subsequence DFTs
+RADIX_LENGTHS = [129, 256, 700, 2000]
 
 
 pytestmark = pytest.mark.usefixtures("poison_kernel_buffers")
@@ -69,24 +71,44 @@ def check_against_reference(inputs, rtol, leaves=None):
         assert_close_to(grad, expected_grad, rtol)
 
 
-@pytest.mark.parametrize("seq_len", [1, 7, 16, 33, 100, 300, 4096])
+@pytest.mark.parametrize("seq_len", [1, 7, 16, 33, 100, 300, 4096, 4097, 5000, 16384, 32768])
 def test_fft_plan_covers_the_linear_convolution(seq_len):
     plan = fft_plan(seq_len)
-    assert plan.fft_size >= 2 * seq_len and plan.outer * plan.inner == plan.fft_size
-    assert plan.time_rows * plan.time_cols >= seq_len * plan.block_rows
+    assert plan.fft_size >= 2 * seq_len and plan.radix * plan.outer * plan.inner == plan.fft_size
+    # every nonzero sample of a (sub)sequence lies in the time tile
+    assert plan.time_rows * plan.time_cols * plan.radix >= seq_len * plan.block_rows
     assert min(plan.time_rows, plan.time_cols, plan.freq_rows, plan.inner) >= 16  # GPU `tl.dot` minimum
-    assert fft_plan(MAX_FUSED_FFT_SIZE // 2 + 1) is None
+    assert (plan.radix > 1) == (seq_len > 4096)
+    assert fft_plan(MAX_RADIX_FFT_SIZE // 2 + 1) is None
 
 
-@pytest.mark.parametrize("seq_len", [1, 7, 33, 300])
+def unscrambled_spectrum(layout: torch.Tensor, plan) -> torch.Tensor:
+    """The `[H, N]` complex spectrum from `monarch_spectrum`'s layout, the unstored rows by conjugate symmetry."""
+    channels = layout.shape[0]
+    stored = torch.complex(layout[:, 0], layout[:, 1]).reshape(channels, plan.radix, plan.stored_rows, plan.inner)
+    full = torch.zeros(channels, plan.fft_size, dtype=stored.dtype)
+    sub_size = plan.outer * plan.inner
+    for j in range(plan.radix):
+        for k1 in range(plan.stored_rows):
+            frequency = k1 + plan.outer * torch.arange(plan.inner) + sub_size * j
+            full[:, frequency] = stored[:, j, k1]
+    if plan.radix > 1:
+        for k1 in range(plan.stored_rows, plan.outer):
+            frequency = k1 + plan.outer * torch.arange(plan.inner)
+            for j in range(plan.radix):
+                full[:, frequency + sub_size * j] = full[:, (plan.fft_size - frequency - sub_size * j) % plan.fft_size].conj()
+    return full
+
+
+@pytest.mark.parametrize("seq_len", [1, 7, 33, 300, 5000])
 def test_monarch_spectrum_is_the_padded_kernel_spectrum(seq_len):
     """Undoing the Monarch order, `IDFT(DFT(s) * K)` on the padded circle is the reference convolution."""
     plan = fft_plan(seq_len)
     spectrum = make_spectrum(3, seq_len, bidirectional=True, dtype=torch.float64)
     signal = torch.randn(2, 3, seq_len, dtype=torch.float64)
     layout = monarch_spectrum(spectrum, seq_len).to(torch.float64)
-    ordered = torch.complex(layout[:, 0], layout[:, 1]).reshape(3, plan.outer, plan.inner)
-    full = ordered.transpose(1, 2).reshape(3, plan.fft_size)  # frequency k1 + outer * k2
+    assert layout.shape == (3, 2, plan.spectrum_size)
+    full = unscrambled_spectrum(layout, plan)
     conv = torch.fft.ifft(torch.fft.fft(signal, n=plan.fft_size) * full, norm="forward").real[..., :seq_len]
     expected = fft_long_conv_reference(signal, spectrum.to(torch.complex64), torch.zeros(3))
     torch.testing.assert_close(conv, expected, rtol=1e-5, atol=1e-5)
@@ -126,12 +148,44 @@ def test_broadcast_gate_and_strided_views():
     check_against_reference(inputs, rtol=1e-5, leaves=[projected, mask, spectrum, skip])
 
 
-def test_lengths_beyond_one_program_fall_back_to_torch(monkeypatch):
+@pytest.mark.parametrize("bidirectional", [True, False])
+@pytest.mark.parametrize("seq_len", RADIX_LENGTHS)
+def test_radix_step_matches_reference_fp32(seq_len, bidirectional, small_radix_plans):
+    assert fft_plan(seq_len).radix > 1
+    check_against_reference(make_inputs(2, 3, seq_len, bidirectional, gated=True), rtol=1e-5)
+
+
+@pytest.mark.parametrize("seq_len", [200, 1000])
+def test_radix_step_ungated_and_fp16(seq_len, small_radix_plans):
+    check_against_reference(make_inputs(2, 2, seq_len, bidirectional=True, gated=False), rtol=1e-5)
+    check_against_reference(make_inputs(2, 2, seq_len, bidirectional=True, gated=True, dtype=torch.float16), 2e-3)
+
+
+def test_radix_step_with_broadcast_gate_and_strided_views(small_radix_plans):
+    batch, channels, seq_len = 2, 2, 300
+    projected = torch.randn(batch, 3 * channels, seq_len, requires_grad=True)
+    pre_gate, post_gate, value = projected.split(channels, dim=1)
+    mask = (torch.rand(batch, 1, seq_len) > 0.3).float().requires_grad_()
+    spectrum = make_spectrum(channels, seq_len, bidirectional=True).requires_grad_()
+    skip = torch.randn(channels, requires_grad=True)
+    inputs = (value, spectrum, skip, pre_gate * mask, post_gate)
+    check_against_reference(inputs, rtol=1e-5, leaves=[projected, mask, spectrum, skip])
+
+
+@pytest.mark.parametrize("seq_len", [4097, 32768])
+def test_radix_step_at_real_plan_sizes_fp32(seq_len):
+    """The plans the GPU runs: 64 x 64 subsequence DFTs, radix 4 (L = 4097) and 16 (L = 32K)."""
+    assert fft_plan(seq_len).radix == (4 if seq_len == 4097 else 16)
+    check_against_reference(make_inputs(1, 1, seq_len, bidirectional=True, gated=True), rtol=1e-5)
+
+
+def test_lengths_beyond_the_radix_plans_fall_back_to_torch(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the fused kernel must not run for this call")
 
     monkeypatch.setattr(triton_long_conv, "gated_long_conv_fwd_triton", refuse)
-    seq_len = MAX_FUSED_FFT_SIZE // 2 + 1
+    monkeypatch.setattr(triton_long_conv_radix, "gated_long_conv_fwd_radix", refuse)
+    seq_len = MAX_RADIX_FFT_SIZE // 2 + 1
     inputs = make_inputs(1, 2, seq_len, bidirectional=True, gated=True)
     assert not fused_path_supported(inputs[0], inputs[1])
     torch.testing.assert_close(gated_long_conv(*inputs, backend="triton"), gated_long_conv_reference(*inputs))
@@ -155,6 +209,12 @@ def test_fft_long_conv_is_the_ungated_op():
 def test_opcheck(gated):
     u, spectrum, skip, pre_gate, post_gate = make_inputs(2, 2, 9, bidirectional=True, gated=gated)
     layout = monarch_spectrum(spectrum, 9).detach().requires_grad_()
+    torch.library.opcheck(gated_long_conv_monarch, (u, layout, skip, pre_gate, post_gate))
+
+
+def test_opcheck_radix_step(small_radix_plans):
+    u, spectrum, skip, pre_gate, post_gate = make_inputs(1, 2, 300, bidirectional=True, gated=True)
+    layout = monarch_spectrum(spectrum, 300).detach().requires_grad_()
     torch.library.opcheck(gated_long_conv_monarch, (u, layout, skip, pre_gate, post_gate))
 
 

@@ -49,6 +49,26 @@ def test_masked_lm_forward_and_backward_match_the_reference(case):
         torch.testing.assert_close(outputs["triton"][1][name], grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
+@pytest.mark.parametrize("case", ["m2-bert", "m2-gpt"])
+def test_long_inputs_on_the_radix_step_match_the_reference(case, small_radix_plans):
+    """Inputs whose long convolutions take the three-launch radix path (scaled down by `small_radix_plans`)."""
+    assert m2_hf.ops.long_conv.fft_plan(160).radix == 2
+    fields = dict(CASES[case], max_position_embeddings=160)
+    model_class = m2_hf.M2ForCausalLM if case == "m2-gpt" else m2_hf.M2ForMaskedLM
+    triton_model, torch_model = pair(model_class, **fields)
+    ids = torch.randint(1, 99, (2, 160))
+    mask = torch.ones_like(ids)
+    mask[1, 120:] = 0
+    results = []
+    for model in (triton_model, torch_model):
+        out = model(ids, attention_mask=mask, labels=ids)
+        out.loss.backward()
+        results.append((out.logits, {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-5)
+    for name, grad in results[1][1].items():
+        torch.testing.assert_close(results[0][1][name], grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_environment_variable_overrides_the_config(monkeypatch):
     monkeypatch.setenv("M2_HF_KERNEL_BACKEND", "torch")
     assert not m2_hf.ops.backend.use_triton(torch.zeros(1), "triton")

@@ -2,10 +2,10 @@
 
 `gated_long_conv(u, spectrum, skip, pre_gate, post_gate)` computes
 `post_gate * (conv(u * pre_gate, k) + skip * (u * pre_gate))` and is the entry point the models call. It takes
-the fused kernels when `use_triton(u, backend)` says so and the length fits one program
-(`monarch_fft.fft_plan`: FFT sizes up to `MAX_FUSED_FFT_SIZE`, i.e. `L <= 4096`), with fp32/fp16/bf16 inputs and
-a complex64 spectrum. Everything else (longer sequences, float64, CPU without the interpreter) takes
-`gated_long_conv_reference`, the torch.fft path.
+the fused kernels when `use_triton(u, backend)` says so and `monarch_fft.fft_plan` covers the length (FFT sizes up
+to `MAX_RADIX_FFT_SIZE`, i.e. `L <= 32768`: one program per row up to `MAX_FUSED_FFT_SIZE`, `L <= 4096`, three
+launches with a radix step beyond), with fp32/fp16/bf16 inputs and a complex64 spectrum. Everything else (longer
+sequences, float64, CPU without the interpreter) takes `gated_long_conv_reference`, the torch.fft path.
 
 The fused path converts the `[H, L + 1]` spectrum to the kernels' layout with `monarch_spectrum` (torch ops, so
 autograd carries its gradient back to `spectrum`) and calls the op `m2hf::gated_long_conv_monarch`, whose
@@ -33,10 +33,10 @@ def _unit_stride(tensor: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
 
 def _checked_plan(u: torch.Tensor, spectrum: torch.Tensor):
     plan = fft_plan(u.shape[-1])
-    if plan is None or spectrum.shape != (u.shape[1], 2, plan.fft_size):
+    if plan is None or spectrum.shape != (u.shape[1], 2, plan.spectrum_size):
         raise ValueError(
-            f"spectrum must be monarch_spectrum(..., {u.shape[-1]}) of shape [H, 2, N] for u of shape "
-            f"{tuple(u.shape)}, got {tuple(spectrum.shape)}."
+            f"spectrum must be monarch_spectrum(..., {u.shape[-1]}) of shape [H, 2, plan.spectrum_size] for u of "
+            f"shape {tuple(u.shape)}, got {tuple(spectrum.shape)}."
         )
     return plan
 
@@ -53,17 +53,19 @@ def gated_long_conv_monarch(
 
     Args:
         u: `[B, H, L]` float32, float16 or bfloat16.
-        spectrum: `[H, 2, N]` float32 from `monarch_spectrum(spectrum, L)`; cacheable per filter and length.
+        spectrum: `[H, 2, S]` float32 from `monarch_spectrum(spectrum, L)`; cacheable per filter and length.
         skip: `[H]`.
         pre_gate, post_gate: `[B, H, L]` (stride 0 along broadcast dimensions is fine), or None.
 
     Returns:
         A new contiguous `[B, H, L]` tensor in `u`'s dtype.
     """
-    from .triton_long_conv import gated_long_conv_fwd_triton
-
     plan = _checked_plan(u, spectrum)
-    return gated_long_conv_fwd_triton(
+    if plan.radix == 1:
+        from .triton_long_conv import gated_long_conv_fwd_triton as forward
+    else:
+        from .triton_long_conv_radix import gated_long_conv_fwd_radix as forward
+    return forward(
         _unit_stride(u), spectrum.contiguous(), skip.contiguous(), _unit_stride(pre_gate), _unit_stride(post_gate), plan
     )
 
@@ -84,10 +86,12 @@ def gated_long_conv_monarch_backward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of `gated_long_conv_monarch`: `(grad_u, grad_spectrum, grad_skip, grad_pre_gate,
     grad_post_gate)`, an empty tensor standing for the gradient of an absent gate."""
-    from .triton_long_conv import gated_long_conv_bwd_triton
-
     plan = _checked_plan(u, spectrum)
-    grad_u, grad_spectrum, grad_skip, grad_pre_gate, grad_post_gate = gated_long_conv_bwd_triton(
+    if plan.radix == 1:
+        from .triton_long_conv import gated_long_conv_bwd_triton as backward
+    else:
+        from .triton_long_conv_radix import gated_long_conv_bwd_radix as backward
+    grad_u, grad_spectrum, grad_skip, grad_pre_gate, grad_post_gate = backward(
         _unit_stride(grad_out), _unit_stride(u), spectrum.contiguous(), skip.contiguous(),
         _unit_stride(pre_gate), _unit_stride(post_gate), plan,
     )
@@ -133,7 +137,7 @@ gated_long_conv_monarch.register_autograd(_backward, setup_context=_setup_contex
 
 
 def fused_path_supported(u: torch.Tensor, spectrum: torch.Tensor) -> bool:
-    """Whether the fused kernels cover this call: fp32/fp16/bf16 input, complex64 spectrum, `L <= 4096`."""
+    """Whether the fused kernels cover this call: fp32/fp16/bf16 input, complex64 spectrum, `L <= 32768`."""
     return u.dtype in FUSED_DTYPES and spectrum.dtype == torch.complex64 and fft_plan(u.shape[-1]) is not None
 
 

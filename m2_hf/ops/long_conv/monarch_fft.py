@@ -13,8 +13,16 @@ spectrum only has to be stored once in Monarch order (`monarch_spectrum`).
 
 Sizes (`fft_plan`): `N` is the smallest power of two `>= max(2 L, 16)`. Up to `N = 128` the DFT is one dense
 matrix applied to a block of 16 rows (`[16, N/2] @ [N/2, N]`); from `N = 256` to `MAX_FUSED_FFT_SIZE` it is the
-two-factor product above with `N1 = 2^floor(log2(N) / 2)`, one row per program. Longer sequences take the
-torch.fft path.
+two-factor product above with `N1 = 2^floor(log2(N) / 2)`, one row per program.
+
+Beyond one program (up to `MAX_RADIX_FFT_SIZE`, i.e. `L <= 32768`) a radix step splits the signal into
+`radix = N / M` interleaved subsequences `x_r[m] = x[r + radix * m]` of length `M = RADIX_INNER_FFT_SIZE`:
+
+    X[k + M * j] = sum_r F_radix[j, r] * exp(-2 pi i * r * k / N) * DFT_M(x_r)[k]
+
+Each `DFT_M` is the two-factor product on a real signal, so it is Hermitian: only its Monarch rows
+`k1 <= outer / 2` are kept (`stored_rows`), and the kernels rebuild the others by conjugate symmetry
+(`triton_long_conv_radix.py`). Longer sequences take the torch.fft path.
 
 Padding the FFT beyond `2 L` is exact: the outputs `n < L` of the length-`2 L` circular convolution only use the
 kernel's lags `-(L - 1) .. L - 1`, which `monarch_spectrum` places at the same lags of the longer circle.
@@ -31,6 +39,8 @@ import torch
 MIN_FFT_SIZE = 16
 MAX_DENSE_FFT_SIZE = 128
 MAX_FUSED_FFT_SIZE = 8192
+RADIX_INNER_FFT_SIZE = 4096
+MAX_RADIX_FFT_SIZE = 65536
 DENSE_BLOCK_ROWS = 16
 MIN_DOT_SIZE = 16
 
@@ -39,9 +49,11 @@ MIN_DOT_SIZE = 16
 class FFTPlan:
     """Tile geometry of the fused kernels for one sequence length.
 
-    `outer x inner` is the Monarch factorisation (`outer == 1`: one dense DFT of size `inner`). A program holds
-    `block_rows` rows of the batch; its time-domain tile is `[time_rows, time_cols]` (only the part of the padded
-    signal that can be nonzero) and its frequency tile `[freq_rows, inner]`.
+    `outer x inner` is the Monarch factorisation (`outer == 1`: one dense DFT of size `inner`) of the DFT one
+    program computes: the whole FFT (`radix == 1`), or that of one of `radix` interleaved subsequences
+    (`fft_size == radix * outer * inner`). A program holds `block_rows` rows of the batch; its time-domain tile is
+    `[time_rows, time_cols]` (only the part of the padded signal that can be nonzero) and its frequency tile
+    `[freq_rows, inner]`.
     """
 
     seq_len: int
@@ -52,10 +64,21 @@ class FFTPlan:
     time_rows: int
     time_cols: int
     freq_rows: int
+    radix: int = 1
 
     @property
     def dense(self) -> bool:
         return self.outer == 1
+
+    @property
+    def stored_rows(self) -> int:
+        """Monarch rows kept of each subsequence's spectrum: all of them, or `k1 <= outer / 2` when `radix > 1`."""
+        return self.outer if self.radix == 1 else self.outer // 2 + 1
+
+    @property
+    def spectrum_size(self) -> int:
+        """Length of one plane of `monarch_spectrum`: `N`, or `radix * stored_rows * inner`."""
+        return self.radix * self.stored_rows * self.inner
 
 
 def fft_size_for(seq_len: int) -> int:
@@ -64,21 +87,31 @@ def fft_size_for(seq_len: int) -> int:
 
 
 def fft_plan(seq_len: int) -> FFTPlan | None:
-    """The tile geometry for `seq_len`, or None when the FFT is too large for one program."""
+    """The tile geometry for `seq_len`, or None when the FFT is longer than `MAX_RADIX_FFT_SIZE`."""
     if seq_len < 1:
         raise ValueError(f"seq_len must be positive, got {seq_len}.")
     fft_size = fft_size_for(seq_len)
-    if fft_size > MAX_FUSED_FFT_SIZE:
+    if fft_size > MAX_RADIX_FFT_SIZE:
         return None
+    if fft_size > MAX_FUSED_FFT_SIZE:
+        outer, inner = _two_factors(RADIX_INNER_FFT_SIZE)
+        # each subsequence has at most M / 2 nonzero samples (L <= N / 2)
+        time_rows = max(outer // 2, MIN_DOT_SIZE)
+        return FFTPlan(seq_len, fft_size, outer, inner, 1, time_rows, inner, outer, fft_size // RADIX_INNER_FFT_SIZE)
     if fft_size <= MAX_DENSE_FFT_SIZE:
         # the nonzero half of the padded signal, at least one dot operand wide
         time_cols = max(fft_size // 2, MIN_DOT_SIZE)
         return FFTPlan(seq_len, fft_size, 1, fft_size, DENSE_BLOCK_ROWS, DENSE_BLOCK_ROWS, time_cols, DENSE_BLOCK_ROWS)
-    outer = 1 << (int(math.log2(fft_size)) // 2)
-    inner = fft_size // outer
+    outer, inner = _two_factors(fft_size)
     # rows n1 >= outer / 2 of the signal tile are padding (L <= N / 2)
     time_rows = max(outer // 2, MIN_DOT_SIZE)
     return FFTPlan(seq_len, fft_size, outer, inner, 1, time_rows, inner, outer)
+
+
+def _two_factors(size: int) -> tuple[int, int]:
+    """`(outer, inner)` with `outer = 2^floor(log2(size) / 2)`, `outer * inner == size`."""
+    outer = 1 << (int(math.log2(size)) // 2)
+    return outer, size // outer
 
 
 def _unit_roots(rows: torch.Tensor, cols: torch.Tensor, size: int) -> torch.Tensor:
@@ -102,6 +135,20 @@ def dft_tables(outer: int, inner: int, device: torch.device) -> tuple[torch.Tens
     return tuple(table.to(device) for table in tables)
 
 
+@lru_cache(maxsize=None)
+def radix_tables(radix: int, outer: int, inner: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(F_radix [2, radix, radix], twiddle [2, radix, stored])` float32 on `device` for the radix step.
+
+    `twiddle[r, k1 * inner + k2] = exp(-2 pi i * r * (k1 + outer * k2) / N)` over the stored rows `k1 <= outer / 2`.
+    """
+    size = radix * outer * inner
+    subsequence = torch.arange(radix)
+    stored_rows = torch.arange(outer // 2 + 1)
+    monarch_frequency = (stored_rows[:, None] + outer * torch.arange(inner)[None, :]).reshape(-1)
+    tables = (_unit_roots(subsequence, subsequence, radix), _unit_roots(subsequence, monarch_frequency, size))
+    return tuple(table.to(device) for table in tables)
+
+
 def monarch_spectrum(spectrum: torch.Tensor, seq_len: int) -> torch.Tensor:
     """The filter spectrum in the layout of the fused kernels.
 
@@ -111,13 +158,15 @@ def monarch_spectrum(spectrum: torch.Tensor, seq_len: int) -> torch.Tensor:
         seq_len: the sequence length `L`.
 
     Returns:
-        `[H, 2, N]` float32 with `N = fft_size_for(seq_len)`: the real and imaginary planes of the full length-`N`
-        spectrum `K`, scaled so that `y = IDFT_unnormalised(DFT(s) * K)[:L]` is the convolution, each plane in
-        Monarch order (`[k1 * inner + k2]` holds frequency `k1 + outer * k2`). Differentiable in `spectrum`.
+        `[H, 2, plan.spectrum_size]` float32: the real and imaginary planes of the length-`N` spectrum `K`
+        (`N = fft_size_for(seq_len)`), scaled so that `y = IDFT_unnormalised(DFT(s) * K)[:L]` is the convolution,
+        each plane in Monarch order: `[k1 * inner + k2]` holds frequency `k1 + outer * k2`, and with a radix step
+        `[(j * stored_rows + k1) * inner + k2]` holds frequency `k1 + outer * k2 + M * j` for the stored rows
+        `k1 < stored_rows`. Differentiable in `spectrum`.
     """
     plan = fft_plan(seq_len)
     if plan is None:
-        raise ValueError(f"seq_len={seq_len} needs an FFT larger than {MAX_FUSED_FFT_SIZE}.")
+        raise ValueError(f"seq_len={seq_len} needs an FFT larger than {MAX_RADIX_FFT_SIZE}.")
     channels = spectrum.shape[0]
     circle = 2 * seq_len
     # time-domain kernel / (2L): lags 0..L-1 first, lag +-L at index L, lags -(L-1)..-1 last
@@ -126,5 +175,6 @@ def monarch_spectrum(spectrum: torch.Tensor, seq_len: int) -> torch.Tensor:
     padded = torch.cat([kernel[:, :seq_len], padding, kernel[:, seq_len + 1 :]], dim=1)
     # K = DFT(kernel) / N, and `kernel` already carries 1 / (2L)
     full = torch.fft.fft(padded * (circle / plan.fft_size))
-    ordered = full.reshape(channels, plan.inner, plan.outer).transpose(1, 2)
-    return torch.stack([ordered.real, ordered.imag], dim=1).reshape(channels, 2, plan.fft_size).contiguous()
+    # frequency j * M + k2 * outer + k1 -> [j, k1, k2]
+    ordered = full.reshape(channels, plan.radix, plan.inner, plan.outer).transpose(2, 3)[:, :, : plan.stored_rows]
+    return torch.stack([ordered.real, ordered.imag], dim=1).reshape(channels, 2, plan.spectrum_size).contiguous()
