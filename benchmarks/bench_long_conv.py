@@ -4,9 +4,10 @@ Each call computes `post_gate * (conv(u * pre_gate, k) + D * (u * pre_gate))` fo
 `[B, H, L]` in `--dtype` (bf16 by default) with `B = --tokens / L`, and a bidirectional filter spectrum. Modes:
 forward (`no_grad`) and forward + backward of every input (`train`). The Triton rows need CUDA (the CPU
 interpreter is far too slow to time); on CPU only the reference is timed, which keeps the script checkable
-without a GPU. The `path` column says how the "triton" row ran: one fused program per row (`L <= 4096`), three
-launches with a radix step (`radix R`, `L <= 32768`), or the torch.fft fallback. Numbers are reported, never
-asserted.
+without a GPU. The `path` column says how the "triton" row ran: one fused program per row (`L <= 1024`), three
+launches with a radix step (`radix R`, `L <= 32768`), or the torch.fft fallback. `--single-program-up-to N` adds a
+"triton-single" row that runs one program per row up to FFT size N (e.g. 8192), to time that choice against the
+radix step at the same lengths. Numbers are reported, never asserted.
 
     python benchmarks/bench_long_conv.py --output benchmarks/results/long-conv-$(date +%F).md
 """
@@ -20,7 +21,14 @@ from pathlib import Path
 import torch
 from timing import measured_on, median_seconds
 
-from m2_hf.ops.long_conv import fft_plan, fused_path_supported, gated_long_conv, long_conv_kernel, long_conv_spectrum
+from m2_hf.ops.long_conv import (
+    fft_plan,
+    fused_path_supported,
+    gated_long_conv,
+    long_conv_kernel,
+    long_conv_spectrum,
+    monarch_fft,
+)
 
 
 @dataclass
@@ -48,17 +56,18 @@ def measure(backend, length, batch, channels, mode, device, dtype, warmup, repea
     inputs = make_inputs(length, batch, channels, device, dtype)
     u, spectrum, skip, pre_gate, post_gate = inputs
     grad_out = torch.randn_like(u)
+    kernel_backend = "torch" if backend == "torch" else "triton"
 
     def forward():
         with torch.no_grad():
-            gated_long_conv(u, spectrum, skip, pre_gate, post_gate, backend=backend)
+            gated_long_conv(u, spectrum, skip, pre_gate, post_gate, backend=kernel_backend)
 
     def forward_backward():
-        out = gated_long_conv(u, spectrum, skip, pre_gate, post_gate, backend=backend)
+        out = gated_long_conv(u, spectrum, skip, pre_gate, post_gate, backend=kernel_backend)
         torch.autograd.grad(out, inputs, grad_out)
 
     path = "torch.fft"
-    if backend == "triton" and fused_path_supported(u, spectrum):
+    if kernel_backend == "triton" and fused_path_supported(u, spectrum):
         radix = fft_plan(length).radix
         path = "fused" if radix == 1 else f"radix {radix}"
     if device.type == "cuda":
@@ -66,6 +75,16 @@ def measure(backend, length, batch, channels, mode, device, dtype, warmup, repea
     ms = 1e3 * median_seconds(forward if mode == "fwd" else forward_backward, device, warmup, repeats)
     peak_gb = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     return Row(backend, path, length, batch, mode, ms, peak_gb)
+
+
+def measure_single_program(max_fft_size, *args) -> Row:
+    """`measure` of the "triton" path with one program per row up to FFT size `max_fft_size`."""
+    default = monarch_fft.MAX_FUSED_FFT_SIZE
+    monarch_fft.MAX_FUSED_FFT_SIZE = max_fft_size
+    try:
+        return measure("triton-single", *args)
+    finally:
+        monarch_fft.MAX_FUSED_FFT_SIZE = default
 
 
 def header(device: torch.device, dtype: torch.dtype, channels: int, tokens: int) -> str:
@@ -94,6 +113,8 @@ def main(argv=None) -> list[Row]:
     parser.add_argument("--tokens", type=int, default=65536, help="batch * L per call")
     parser.add_argument("--channels", type=int, default=768)
     parser.add_argument("--backends", nargs="+", choices=["triton", "torch"], help="default: both on CUDA, torch on CPU")
+    parser.add_argument("--single-program-up-to", type=int, metavar="N",
+                        help="add triton-single rows: one program per row up to FFT size N")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--output", type=Path, help="write the Markdown table here")
@@ -107,10 +128,13 @@ def main(argv=None) -> list[Row]:
     for length in args.lengths:
         batch = max(1, args.tokens // length)
         for mode in args.modes:
+            shape = (length, batch, args.channels, mode, device, dtype, args.warmup, args.repeats)
             for backend in backends:
-                rows.append(
-                    measure(backend, length, batch, args.channels, mode, device, dtype, args.warmup, args.repeats)
-                )
+                rows.append(measure(backend, *shape))
+                print(format_row(rows[-1], rows), flush=True)
+            single = args.single_program_up_to
+            if "triton" in backends and single and monarch_fft.fft_size_for(length) <= single and fft_plan(length).radix > 1:
+                rows.append(measure_single_program(single, *shape))
                 print(format_row(rows[-1], rows), flush=True)
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)

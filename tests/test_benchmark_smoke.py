@@ -18,3 +18,28 @@ def test_encoder_benchmark_smoke(tmp_path, monkeypatch):
     assert all(r.tokens_per_s > 0 and math.isfinite(r.tokens_per_s) for r in rows)
     text = output.read_text()
     assert text.count("\n| ") == len(rows) + 1 and "torch" in text
+
+
+def test_kernel_benchmark_smoke(tmp_path, monkeypatch):
+    """The per-kernel benchmark times the reference ops on CPU at tiny sizes and computes every floor."""
+    bench = load_benchmark("bench_kernels", monkeypatch)
+    output = tmp_path / "kernels.md"
+    rows = bench.main(
+        ["--tokens", "64", "--lengths", "16", "2048", "--device", "cpu", "--warmup", "0", "--repeats", "1",
+         "--output", str(output)]
+    )
+    ops = ["blockdiag_glu", "blockdiag_matmul", "mixer_front", "gated_long_conv", "gated_long_conv", "add_layernorm"]
+    assert [r.op for r in rows] == [op for op in ops for _ in ("fwd", "train")]
+    assert all(r.ms > 0 and r.floor_ms > 0 for r in rows)
+    assert all(r.floor_ms < t.floor_ms for r, t in zip(rows[::2], rows[1::2]))  # training costs more than forward
+    assert output.read_text().count("\n| ") == len(rows) + 1
+
+
+def test_long_conv_flop_count_matches_the_plan_arithmetic(monkeypatch):
+    """The radix plan's FLOPs are its subsequence DFTs plus the radix step: checked against an independent count."""
+    bench = load_benchmark("bench_kernels", monkeypatch)
+    # L = 2048: N = 4096 as radix 2 over 32 x 64 subsequence DFTs; 16 time rows, 17 stored Monarch rows
+    subsequence = (2 * 2 * 32 * 16 * 64 + 4 * 2 * 32 * 64 * 64) + (4 * 2 * 32 * 64 * 64 + 2 * 2 * 16 * 32 * 64)
+    radix_step = 2 * (4 * 2 * 16 * 16 * 17 * 64)
+    assert bench.long_conv_dot_flops(2048, backward=False) == 2 * subsequence + radix_step
+    assert bench.long_conv_dot_flops(2048, backward=True) == 2 * (2 * subsequence + radix_step)

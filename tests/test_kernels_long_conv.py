@@ -3,6 +3,7 @@
 
 import pytest
 import torch
+from helpers import load_benchmark
 
 from m2_hf.ops.long_conv import (
     MAX_RADIX_FFT_SIZE,
@@ -16,10 +17,9 @@ from m2_hf.ops.long_conv import (
     long_conv_kernel,
     long_conv_spectrum,
     monarch_spectrum,
+    triton_long_conv,
+    triton_long_conv_radix,
 )
-from m2_hf.ops.long_conv import triton_long_conv, triton_long_conv_radix
-
-from helpers import load_benchmark
 
 # dense DFT (N = 16, 32, 128), two Monarch factors (16x16, 16x32, 32x32, 64x64); odd and non-power-of-two lengths
 LENGTHS = [7, 16, 33, 64, 100, 200, 300]
@@ -71,14 +71,14 @@ def check_against_reference(inputs, rtol, leaves=None):
         assert_close_to(grad, expected_grad, rtol)
 
 
-@pytest.mark.parametrize("seq_len", [1, 7, 16, 33, 100, 300, 4096, 4097, 5000, 16384, 32768])
+@pytest.mark.parametrize("seq_len", [1, 7, 16, 33, 100, 300, 1024, 1025, 5000, 16384, 32768])
 def test_fft_plan_covers_the_linear_convolution(seq_len):
     plan = fft_plan(seq_len)
     assert plan.fft_size >= 2 * seq_len and plan.radix * plan.outer * plan.inner == plan.fft_size
     # every nonzero sample of a (sub)sequence lies in the time tile
     assert plan.time_rows * plan.time_cols * plan.radix >= seq_len * plan.block_rows
     assert min(plan.time_rows, plan.time_cols, plan.freq_rows, plan.inner) >= 16  # GPU `tl.dot` minimum
-    assert (plan.radix > 1) == (seq_len > 4096)
+    assert (plan.radix > 1) == (seq_len > 1024)
     assert fft_plan(MAX_RADIX_FFT_SIZE // 2 + 1) is None
 
 
@@ -126,8 +126,9 @@ def test_ungated_matches_reference_fp32(seq_len):
 
 
 def test_longest_single_program_length_fp32():
-    """L = 1500: FFT size 4096 as 64 x 64, a partly filled last signal row."""
-    check_against_reference(make_inputs(1, 1, 1500, bidirectional=True, gated=True), rtol=1e-5)
+    """L = 1000: FFT size 2048 as 32 x 64, a partly filled last signal row."""
+    assert fft_plan(1000).radix == 1
+    check_against_reference(make_inputs(1, 1, 1000, bidirectional=True, gated=True), rtol=1e-5)
 
 
 @pytest.mark.parametrize("seq_len", [33, 200])
@@ -172,10 +173,10 @@ def test_radix_step_with_broadcast_gate_and_strided_views(small_radix_plans):
     check_against_reference(inputs, rtol=1e-5, leaves=[projected, mask, spectrum, skip])
 
 
-@pytest.mark.parametrize("seq_len", [4097, 32768])
-def test_radix_step_at_real_plan_sizes_fp32(seq_len):
-    """The plans the GPU runs: 64 x 64 subsequence DFTs, radix 4 (L = 4097) and 16 (L = 32K)."""
-    assert fft_plan(seq_len).radix == (4 if seq_len == 4097 else 16)
+@pytest.mark.parametrize("seq_len, radix", [(1025, 2), (4097, 8), (32768, 32)])
+def test_radix_step_at_real_plan_sizes_fp32(seq_len, radix):
+    """The plans the GPU runs: 32 x 64 subsequence DFTs, radix 2 to 32."""
+    assert fft_plan(seq_len).radix == radix
     check_against_reference(make_inputs(1, 1, seq_len, bidirectional=True, gated=True), rtol=1e-5)
 
 

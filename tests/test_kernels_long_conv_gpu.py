@@ -27,7 +27,7 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("bidirectional", [True, False])
-@pytest.mark.parametrize("seq_len", [512, 1024, 4096, 8192, 16384, 32768])
+@pytest.mark.parametrize("seq_len", [512, 1024, 2048, 4096, 8192, 16384, 32768])
 def test_bf16_matches_fp32_reference(seq_len, bidirectional):
     device = torch.device("cuda")
     batch = TOKENS // seq_len

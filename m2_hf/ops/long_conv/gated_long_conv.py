@@ -3,7 +3,7 @@
 `gated_long_conv(u, spectrum, skip, pre_gate, post_gate)` computes
 `post_gate * (conv(u * pre_gate, k) + skip * (u * pre_gate))` and is the entry point the models call. It takes
 the fused kernels when `use_triton(u, backend)` says so and `monarch_fft.fft_plan` covers the length (FFT sizes up
-to `MAX_RADIX_FFT_SIZE`, i.e. `L <= 32768`: one program per row up to `MAX_FUSED_FFT_SIZE`, `L <= 4096`, three
+to `MAX_RADIX_FFT_SIZE`, i.e. `L <= 32768`: one program per row up to `MAX_FUSED_FFT_SIZE`, `L <= 1024`, three
 launches with a radix step beyond), with fp32/fp16/bf16 inputs and a complex64 spectrum. Everything else (longer
 sequences, float64, CPU without the interpreter) takes `gated_long_conv_reference`, the torch.fft path.
 

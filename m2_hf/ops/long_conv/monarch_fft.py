@@ -38,8 +38,9 @@ import torch
 
 MIN_FFT_SIZE = 16
 MAX_DENSE_FFT_SIZE = 128
-MAX_FUSED_FFT_SIZE = 8192
-RADIX_INNER_FFT_SIZE = 4096
+# sm_90 builds of larger single-program plans spill kilobytes of registers per thread (benchmarks/results/notes)
+MAX_FUSED_FFT_SIZE = 2048
+RADIX_INNER_FFT_SIZE = 2048
 MAX_RADIX_FFT_SIZE = 65536
 DENSE_BLOCK_ROWS = 16
 MIN_DOT_SIZE = 16

@@ -287,6 +287,7 @@ def _subsequence_meta(plan: FFTPlan, u: torch.Tensor, pre_gate, post_gate) -> di
         TIME_ROWS=plan.time_rows,
         PRECISION=_dot_precision(u.dtype),
         num_warps=8,
+        num_stages=1,  # the loop over subsequences needs no multi-buffered loads
     )
 
 
@@ -297,7 +298,7 @@ def _radix_step(plan: FFTPlan, input_freq, grad_freq, spectrum, grad_spectrum, b
         input_freq, grad_freq, spectrum, grad_spectrum, radix_dft, radix_twiddle, batch, channels,
         BACKWARD=grad_freq is not None, HAS_POST_GATE=post_gate is not None,
         RADIX=plan.radix, RADIX_PAD=max(plan.radix, 16), OUTER=plan.outer, INNER=plan.inner,
-        BLOCK=RADIX_BLOCK, PRECISION=_dot_precision(dtype), num_warps=4,
+        BLOCK=RADIX_BLOCK, PRECISION=_dot_precision(dtype), num_warps=8, num_stages=1,
     )
 
 
