@@ -38,7 +38,7 @@ import torch
 
 MIN_FFT_SIZE = 16
 MAX_DENSE_FFT_SIZE = 128
-# sm_90 builds of larger single-program plans spill kilobytes of registers per thread (benchmarks/results/notes)
+# sm_90 builds of larger single-program plans spill kilobytes of registers per thread (benchmarks/kernel-notes.md)
 MAX_FUSED_FFT_SIZE = 2048
 RADIX_INNER_FFT_SIZE = 2048
 MAX_RADIX_FFT_SIZE = 65536
