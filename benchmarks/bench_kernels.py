@@ -6,10 +6,10 @@ backward of every input (`train`), next to the op's floor: the least time any im
 
 - bytes: the op's inputs read once and outputs written once (bf16 activations; parameters are negligible).
 - flops: 2 x the multiply-adds of the op's matmuls. For the long convolution these are the dot products of its
-  DFT plan (`monarch_fft.fft_plan`), which run on TF32 tensor cores (float32 DFT matrices) at half the bf16 rate;
-  the work of an FFT algorithm is not a property of the op, so that row states the floor of this algorithm.
-- peaks: 700 TFLOP/s bf16 and 350 TF32 (achievable dense rates of an H100/H200), and 3.35 TB/s (H100 SXM) or 4.3
-  TB/s (H200) memory bandwidth, or `--peak-tflops` / `--peak-tbps`.
+  DFT plan (`monarch_fft.fft_plan`, bf16 operands for bf16 inputs); the work of an FFT algorithm is not a
+  property of the op, so that row states the floor of this algorithm.
+- peaks: 700 TFLOP/s bf16 (achievable dense rate of an H100/H200), and 3.35 TB/s (H100 SXM) or 4.3 TB/s (H200)
+  memory bandwidth, or `--peak-tflops` / `--peak-tbps`.
 
 Shapes at `--tokens` tokens (64K), H = 768: the MLP's GLU block-diagonal projection 768 -> 2 x 3072 and its output
 projection 3072 -> 768 (4 blocks), the mixer front on the `[B, L, 3H]` in-projection, the gated long convolution
@@ -53,7 +53,6 @@ class Case:
     fwd_bytes: float
     bwd_flops: float
     bwd_bytes: float
-    tf32: bool = False
 
 
 @dataclass
@@ -126,8 +125,7 @@ def long_conv_dot_flops(length: int, backward: bool) -> float:
         inverse = 4 * 2 * rows * plan.inner * plan.inner + 2 * 2 * plan.time_rows * rows * plan.inner
         dft, inverse = dft * plan.radix, inverse * plan.radix
     if plan.radix > 1:
-        radix_pad = max(plan.radix, 16)
-        radix_step = 4 * 2 * radix_pad * radix_pad * plan.stored_rows * plan.inner
+        radix_step = 4 * 2 * plan.radix_rows**2 * plan.stored_rows * plan.inner
         dft, inverse = dft + radix_step, inverse + radix_step
     # forward: one DFT, one inverse; backward: two DFTs, two inverses (the correlation and the post-gate term)
     return 2 * (dft + inverse) if backward else dft + inverse
@@ -151,7 +149,7 @@ def long_conv_case(tokens: int, length: int) -> Case:
     # forward reads u and the gate, writes the output; backward reads those and the output gradient, writes two
     return Case("gated_long_conv", f"L={length}, radix {fft_plan(length).radix}", make,
                 rows * long_conv_dot_flops(length, False), 3 * unit,
-                rows * long_conv_dot_flops(length, True), 5 * unit, tf32=True)
+                rows * long_conv_dot_flops(length, True), 5 * unit)
 
 
 def layernorm_case(tokens: int) -> Case:
@@ -179,8 +177,7 @@ def cases(tokens: int, lengths: list[int]) -> list[Case]:
 def floor_ms(case: Case, mode: str, tflops: float, tbps: float) -> float:
     flops = case.fwd_flops + (case.bwd_flops if mode == "train" else 0.0)
     data = case.fwd_bytes + (case.bwd_bytes if mode == "train" else 0.0)
-    rate = tflops / 2 if case.tf32 else tflops
-    return 1e3 * max(flops / (rate * 1e12), data / (tbps * 1e12))
+    return 1e3 * max(flops / (tflops * 1e12), data / (tbps * 1e12))
 
 
 def measure(case: Case, mode: str, backend: str, device, dtype, warmup: int, repeats: int) -> float:
@@ -205,7 +202,7 @@ def measure(case: Case, mode: str, backend: str, device, dtype, warmup: int, rep
 def header(device: torch.device, tflops: float, tbps: float, timed: bool) -> str:
     source = measured_on(device) if timed else "Floors only (computed, nothing timed)"
     return (
-        f"{source}; bf16 inputs; floors at {tflops:g} TFLOP/s bf16 ({tflops / 2:g} TF32) and {tbps:g} TB/s.\n\n"
+        f"{source}; bf16 inputs; floors at {tflops:g} TFLOP/s and {tbps:g} TB/s.\n\n"
         "| op | shape | mode | backend | ms | floor ms | floor / ms |\n"
         "|---|---|---|---|---|---|---|"
     )
@@ -228,7 +225,9 @@ def main(argv=None) -> list[Row]:
     parser.add_argument("--lengths", type=int, nargs="+", default=[512, 4096, 32768], help="long-conv lengths")
     parser.add_argument("--modes", nargs="+", choices=["fwd", "train"], default=["fwd", "train"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--backends", nargs="+", choices=["triton", "torch"], help="default: both on CUDA, torch on CPU")
+    parser.add_argument(
+        "--backends", nargs="+", choices=["triton", "torch"], help="default: both on CUDA, torch on CPU"
+    )
     parser.add_argument("--peak-tflops", type=float, default=BF16_TFLOPS)
     parser.add_argument("--peak-tbps", type=float, help="default: by GPU name, H100 3.35, H200 4.3")
     parser.add_argument("--floors-only", action="store_true", help="print the floors, time nothing")

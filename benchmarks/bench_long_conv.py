@@ -133,7 +133,8 @@ def main(argv=None) -> list[Row]:
                 rows.append(measure(backend, *shape))
                 print(format_row(rows[-1], rows), flush=True)
             single = args.single_program_up_to
-            if "triton" in backends and single and monarch_fft.fft_size_for(length) <= single and fft_plan(length).radix > 1:
+            single_applies = single and monarch_fft.fft_size_for(length) <= single and fft_plan(length).radix > 1
+            if "triton" in backends and single_applies:
                 rows.append(measure_single_program(single, *shape))
                 print(format_row(rows[-1], rows), flush=True)
     if args.output is not None:

@@ -40,6 +40,6 @@ def test_long_conv_flop_count_matches_the_plan_arithmetic(monkeypatch):
     bench = load_benchmark("bench_kernels", monkeypatch)
     # L = 2048: N = 4096 as radix 2 over 32 x 64 subsequence DFTs; 16 time rows, 17 stored Monarch rows
     subsequence = (2 * 2 * 32 * 16 * 64 + 4 * 2 * 32 * 64 * 64) + (4 * 2 * 32 * 64 * 64 + 2 * 2 * 16 * 32 * 64)
-    radix_step = 2 * (4 * 2 * 16 * 16 * 17 * 64)
+    radix_step = 2 * (4 * 2 * 2 * 2 * 17 * 64)  # 2 x 2 radix matrix, no padding
     assert bench.long_conv_dot_flops(2048, backward=False) == 2 * subsequence + radix_step
     assert bench.long_conv_dot_flops(2048, backward=True) == 2 * (2 * subsequence + radix_step)

@@ -77,6 +77,11 @@ class FFTPlan:
         return self.outer if self.radix == 1 else self.outer // 2 + 1
 
     @property
+    def radix_rows(self) -> int:
+        """Rows of the radix step's tiles: the radix itself up to 4 (sums of products), else at least 16 (`tl.dot`)."""
+        return self.radix if self.radix <= 4 else max(self.radix, MIN_DOT_SIZE)
+
+    @property
     def spectrum_size(self) -> int:
         """Length of one plane of `monarch_spectrum`: `N`, or `radix * stored_rows * inner`."""
         return self.radix * self.stored_rows * self.inner

@@ -13,7 +13,8 @@ Backward, with `g` the output gradient and `gated_grad = g * post_gate`:
 
 Each program owns one channel: the forward program one block of batch rows, the backward program every
 `num_splits`-th block, accumulating the spectrum and skip gradients in registers. Values are upcast to float32
-right after loading; DFT matrices, twiddles and the spectrum are float32.
+right after loading; DFT matrices, twiddles and the spectrum are float32, and the products accumulate in float32
+(operand precision by input dtype: `_dot_precision`).
 """
 
 from __future__ import annotations
@@ -44,10 +45,32 @@ def _conj_mul(a_re, a_im, b_re, b_im):
 
 
 @triton.jit
+def _round_to_bf16(x):
+    """Float32 `x` rounded to the nearest bfloat16 (ties to even), kept in float32: the GPU's conversion, which the
+    interpreter's (truncating) cast is not."""
+    bits = x.to(tl.uint32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _dot(a, b, PRECISION: tl.constexpr):
+    """`a @ b` with float32 accumulation. PRECISION: "ieee" (float32 products), "tf32", or "bf16" (operands rounded
+    to bfloat16: twice the tensor-core rate of TF32); "bf16-emulated" rounds the same way but multiplies in
+    float32, for the interpreter, whose bfloat16 dot is wrong."""
+    if PRECISION == "bf16":
+        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
+    elif PRECISION == "bf16-emulated":
+        return tl.dot(_round_to_bf16(a), _round_to_bf16(b), input_precision="ieee")
+    else:
+        return tl.dot(a, b, input_precision=PRECISION)
+
+
+@triton.jit
 def _complex_dot(a_re, a_im, b_re, b_im, PRECISION: tl.constexpr):
     """`a @ b` for complex tiles given as real and imaginary parts (four real dots)."""
-    out_re = tl.dot(a_re, b_re, input_precision=PRECISION) - tl.dot(a_im, b_im, input_precision=PRECISION)
-    out_im = tl.dot(a_re, b_im, input_precision=PRECISION) + tl.dot(a_im, b_re, input_precision=PRECISION)
+    out_re = _dot(a_re, b_re, PRECISION) - _dot(a_im, b_im, PRECISION)
+    out_im = _dot(a_re, b_im, PRECISION) + _dot(a_im, b_re, PRECISION)
     return out_re, out_im
 
 
@@ -87,12 +110,12 @@ def _dft(
     """DFT of a real time tile `[TIME_ROWS, TIME_COLS]` into a frequency tile `[FREQ_ROWS, INNER]` (Monarch order)."""
     if OUTER == 1:
         # one dense DFT per row: X = x @ F[:TIME_COLS, :]
-        freq_re = tl.dot(signal, head_re, input_precision=PRECISION)
-        freq_im = tl.dot(signal, head_im, input_precision=PRECISION)
+        freq_re = _dot(signal, head_re, PRECISION)
+        freq_im = _dot(signal, head_im, PRECISION)
     else:
         # columns: F_outer @ x, then twiddle, then rows: @ F_inner
-        column_re = tl.dot(head_re, signal, input_precision=PRECISION)
-        column_im = tl.dot(head_im, signal, input_precision=PRECISION)
+        column_re = _dot(head_re, signal, PRECISION)
+        column_im = _dot(head_im, signal, PRECISION)
         column_re, column_im = _complex_mul(column_re, column_im, twiddle_re, twiddle_im)
         freq_re, freq_im = _complex_dot(column_re, column_im, inner_re, inner_im, PRECISION)
     return freq_re, freq_im
@@ -109,17 +132,17 @@ def _inverse_dft_real(
     """
     if OUTER == 1:
         # Re(X @ conj(F)[:, :TIME_COLS]) = X_re @ F_re^T + X_im @ F_im^T
-        signal = tl.dot(freq_re, tl.trans(head_re), input_precision=PRECISION)
-        signal += tl.dot(freq_im, tl.trans(head_im), input_precision=PRECISION)
+        signal = _dot(freq_re, tl.trans(head_re), PRECISION)
+        signal += _dot(freq_im, tl.trans(head_im), PRECISION)
     else:
         # rows: X @ conj(F_inner), then conj(twiddle), then columns: Re(conj(F_outer)[:TIME_ROWS, :] @ .)
-        row_re = tl.dot(freq_re, inner_re, input_precision=PRECISION)
-        row_re += tl.dot(freq_im, inner_im, input_precision=PRECISION)
-        row_im = tl.dot(freq_im, inner_re, input_precision=PRECISION)
-        row_im -= tl.dot(freq_re, inner_im, input_precision=PRECISION)
+        row_re = _dot(freq_re, inner_re, PRECISION)
+        row_re += _dot(freq_im, inner_im, PRECISION)
+        row_im = _dot(freq_im, inner_re, PRECISION)
+        row_im -= _dot(freq_re, inner_im, PRECISION)
         row_re, row_im = _conj_mul(twiddle_re, twiddle_im, row_re, row_im)
-        signal = tl.dot(tl.trans(head_re), row_re, input_precision=PRECISION)
-        signal += tl.dot(tl.trans(head_im), row_im, input_precision=PRECISION)
+        signal = _dot(tl.trans(head_re), row_re, PRECISION)
+        signal += _dot(tl.trans(head_im), row_im, PRECISION)
     return signal
 
 
@@ -275,9 +298,14 @@ def _gated_long_conv_bwd_kernel(
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
-    """Exact fp32 products for fp32 inputs; TF32 tensor cores for half inputs, whose own rounding dominates.
-    (The interpreter computes every fp32 dot exactly.)"""
-    return "ieee" if dtype == torch.float32 else "tf32"
+    """The `_dot` precision for inputs of `dtype`: exact float32 products for float32; TF32 for float16; bfloat16
+    operands for bfloat16 inputs, whose own rounding is as coarse (about 0.3% relative error on the convolution,
+    half the 1e-2 budget). The interpreter computes every float32 dot exactly."""
+    if dtype == torch.float32:
+        return "ieee"
+    if dtype == torch.bfloat16:
+        return "bf16-emulated" if backend.interpreting() else "bf16"
+    return "tf32"
 
 
 def _num_warps(plan: FFTPlan) -> int:

@@ -28,11 +28,11 @@ import triton.language as tl
 from .. import backend
 from .monarch_fft import FFTPlan, dft_tables, radix_tables
 from .triton_long_conv import (
-    _complex_dot,
     _complex_mul,
     _conj_mul,
     _dft,
     _dft_tables,
+    _dot,
     _dot_precision,
     _inverse_dft_real,
     _load_rows,
@@ -114,17 +114,32 @@ def _subsequence_dft_kernel(
 
 
 @triton.jit
-def _radix_dft(sub_re, sub_im, dft_re, dft_im, twiddle_re, twiddle_im, PRECISION: tl.constexpr):
-    """`F_radix @ (twiddle * Y)`: the subsequence spectra `[RADIX, BLOCK]` to the frequencies `k + M * j`."""
-    sub_re, sub_im = _complex_mul(sub_re, sub_im, twiddle_re, twiddle_im)
-    return _complex_dot(dft_re, dft_im, sub_re, sub_im, PRECISION)
+def _radix_dot(a, b, RADIX_PAD: tl.constexpr, PRECISION: tl.constexpr):
+    """`a @ b` for `a` `[RADIX_PAD, RADIX_PAD]`: on tensor cores from 16 on, as float32 sums of products below."""
+    if RADIX_PAD < 16:
+        return tl.sum(a[:, :, None] * b[None, :, :], axis=1)
+    else:
+        return _dot(a, b, PRECISION)
 
 
 @triton.jit
-def _inverse_radix_dft(freq_re, freq_im, dft_re, dft_im, twiddle_re, twiddle_im, PRECISION: tl.constexpr):
+def _radix_dft(
+    sub_re, sub_im, dft_re, dft_im, twiddle_re, twiddle_im, RADIX_PAD: tl.constexpr, PRECISION: tl.constexpr
+):
+    """`F_radix @ (twiddle * Y)`: the subsequence spectra `[RADIX, BLOCK]` to the frequencies `k + M * j`."""
+    sub_re, sub_im = _complex_mul(sub_re, sub_im, twiddle_re, twiddle_im)
+    freq_re = _radix_dot(dft_re, sub_re, RADIX_PAD, PRECISION) - _radix_dot(dft_im, sub_im, RADIX_PAD, PRECISION)
+    freq_im = _radix_dot(dft_re, sub_im, RADIX_PAD, PRECISION) + _radix_dot(dft_im, sub_re, RADIX_PAD, PRECISION)
+    return freq_re, freq_im
+
+
+@triton.jit
+def _inverse_radix_dft(
+    freq_re, freq_im, dft_re, dft_im, twiddle_re, twiddle_im, RADIX_PAD: tl.constexpr, PRECISION: tl.constexpr
+):
     """`conj(twiddle) * (conj(F_radix) @ X)`, the adjoint of `_radix_dft`."""
-    sub_re = tl.dot(dft_re, freq_re, input_precision=PRECISION) + tl.dot(dft_im, freq_im, input_precision=PRECISION)
-    sub_im = tl.dot(dft_re, freq_im, input_precision=PRECISION) - tl.dot(dft_im, freq_re, input_precision=PRECISION)
+    sub_re = _radix_dot(dft_re, freq_re, RADIX_PAD, PRECISION) + _radix_dot(dft_im, freq_im, RADIX_PAD, PRECISION)
+    sub_im = _radix_dot(dft_re, freq_im, RADIX_PAD, PRECISION) - _radix_dot(dft_im, freq_re, RADIX_PAD, PRECISION)
     return _conj_mul(twiddle_re, twiddle_im, sub_re, sub_im)
 
 
@@ -162,22 +177,30 @@ def _radix_kernel(
         data = (row * channels + channel).to(tl.int64) * 2 * plane + offsets
         input_re = tl.load(input_freq_ptr + data, mask=mask, other=0.0).to(tl.float32)
         input_im = tl.load(input_freq_ptr + plane + data, mask=mask, other=0.0).to(tl.float32)
-        input_re, input_im = _radix_dft(input_re, input_im, dft_re, dft_im, twiddle_re, twiddle_im, PRECISION)
+        input_re, input_im = _radix_dft(
+            input_re, input_im, dft_re, dft_im, twiddle_re, twiddle_im, RADIX_PAD, PRECISION
+        )
         if BACKWARD:
             grad_re = tl.load(grad_freq_ptr + data, mask=mask, other=0.0).to(tl.float32)
             grad_im = tl.load(grad_freq_ptr + plane + data, mask=mask, other=0.0).to(tl.float32)
-            grad_re, grad_im = _radix_dft(grad_re, grad_im, dft_re, dft_im, twiddle_re, twiddle_im, PRECISION)
+            grad_re, grad_im = _radix_dft(
+                grad_re, grad_im, dft_re, dft_im, twiddle_re, twiddle_im, RADIX_PAD, PRECISION
+            )
             product_re, product_im = _conj_mul(input_re, input_im, grad_re, grad_im)
             grad_spectrum_re += product_re
             grad_spectrum_im += product_im
             # correlation with the kernel: conj(K) * DFT(gated_grad), back to the subsequences
             corr_re, corr_im = _conj_mul(spectrum_re, spectrum_im, grad_re, grad_im)
-            corr_re, corr_im = _inverse_radix_dft(corr_re, corr_im, dft_re, dft_im, twiddle_re, twiddle_im, PRECISION)
+            corr_re, corr_im = _inverse_radix_dft(
+                corr_re, corr_im, dft_re, dft_im, twiddle_re, twiddle_im, RADIX_PAD, PRECISION
+            )
             tl.store(grad_freq_ptr + data, corr_re.to(grad_freq_ptr.dtype.element_ty), mask=mask)
             tl.store(grad_freq_ptr + plane + data, corr_im.to(grad_freq_ptr.dtype.element_ty), mask=mask)
         if (not BACKWARD) or HAS_POST_GATE:
             conv_re, conv_im = _complex_mul(input_re, input_im, spectrum_re, spectrum_im)
-            conv_re, conv_im = _inverse_radix_dft(conv_re, conv_im, dft_re, dft_im, twiddle_re, twiddle_im, PRECISION)
+            conv_re, conv_im = _inverse_radix_dft(
+                conv_re, conv_im, dft_re, dft_im, twiddle_re, twiddle_im, RADIX_PAD, PRECISION
+            )
             tl.store(input_freq_ptr + data, conv_re.to(input_freq_ptr.dtype.element_ty), mask=mask)
             tl.store(input_freq_ptr + plane + data, conv_im.to(input_freq_ptr.dtype.element_ty), mask=mask)
 
@@ -254,7 +277,8 @@ def _subsequence_output_bwd_kernel(
             gated_input = u * pre_gate
         gated_grad = grad_out
         if HAS_POST_GATE:
-            gated_grad = grad_out * _load_rows(post_gate_ptr, row, channel, positions, mask, post_stride_b, post_stride_h)
+            post_gate = _load_rows(post_gate_ptr, row, channel, positions, mask, post_stride_b, post_stride_h)
+            gated_grad = grad_out * post_gate
         grad_skip += gated_grad * gated_input
 
         offset = spectra + subsequence * stored
@@ -297,7 +321,7 @@ def _radix_step(plan: FFTPlan, input_freq, grad_freq, spectrum, grad_spectrum, b
     _radix_kernel[grid](
         input_freq, grad_freq, spectrum, grad_spectrum, radix_dft, radix_twiddle, batch, channels,
         BACKWARD=grad_freq is not None, HAS_POST_GATE=post_gate is not None,
-        RADIX=plan.radix, RADIX_PAD=max(plan.radix, 16), OUTER=plan.outer, INNER=plan.inner,
+        RADIX=plan.radix, RADIX_PAD=plan.radix_rows, OUTER=plan.outer, INNER=plan.inner,
         BLOCK=RADIX_BLOCK, PRECISION=_dot_precision(dtype), num_warps=8, num_stages=1,
     )
 
