@@ -5,7 +5,8 @@ a radix step over `radix` interleaved subsequences `x_r[m] = x[r + radix * m]` (
 
     X[k + M * j] = sum_r F_radix[j, r] * exp(-2 pi i * r * k / N) * DFT_M(x_r)[k]
 
-Three launches per direction, through float32 spectra in global memory (`[B, H, 2, radix, stored]`):
+Three launches per direction, through spectra in global memory (`[B, H, 2, radix, stored]`; bfloat16 for
+bfloat16 inputs, whose products round their operands to bfloat16 anyway, float32 otherwise):
 1. `_subsequence_dft_kernel`: `DFT_M` of every real subsequence of the gated input (and, in the backward, of the
    gated output gradient) with the single-program Monarch DFT. Only the stored rows (`k1 <= outer / 2`) are
    written: the rest follow by conjugate symmetry.
@@ -28,6 +29,7 @@ import triton.language as tl
 from .. import backend
 from .monarch_fft import FFTPlan, dft_tables, radix_tables
 from .triton_long_conv import (
+    _round_to_bf16,
     _complex_mul,
     _conj_mul,
     _dft,
@@ -52,12 +54,21 @@ def _subsequence_tile(subsequence, seq_len, RADIX: tl.constexpr, TIME_ROWS: tl.c
 
 
 @triton.jit
+def _store_spectrum(ptr, value, mask):
+    """Store float32 `value` in the spectra's dtype, rounding to nearest for bfloat16 (the interpreter's cast
+    truncates)."""
+    if ptr.dtype.element_ty == tl.bfloat16:
+        value = _round_to_bf16(value)
+    tl.store(ptr, value.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _store_stored_rows(ptr, freq_re, freq_im, plane_stride, OUTER: tl.constexpr, INNER: tl.constexpr):
     """Write rows `k1 <= OUTER / 2` of a Monarch-order frequency tile `[OUTER, INNER]`."""
     row = tl.arange(0, OUTER)[:, None]
     offsets = row * INNER + tl.arange(0, INNER)[None, :]
-    tl.store(ptr + offsets, freq_re.to(ptr.dtype.element_ty), mask=row <= OUTER // 2)
-    tl.store(ptr + plane_stride + offsets, freq_im.to(ptr.dtype.element_ty), mask=row <= OUTER // 2)
+    _store_spectrum(ptr + offsets, freq_re, row <= OUTER // 2)
+    _store_spectrum(ptr + plane_stride + offsets, freq_im, row <= OUTER // 2)
 
 
 @triton.jit
@@ -194,15 +205,15 @@ def _radix_kernel(
             corr_re, corr_im = _inverse_radix_dft(
                 corr_re, corr_im, dft_re, dft_im, twiddle_re, twiddle_im, RADIX_PAD, PRECISION
             )
-            tl.store(grad_freq_ptr + data, corr_re.to(grad_freq_ptr.dtype.element_ty), mask=mask)
-            tl.store(grad_freq_ptr + plane + data, corr_im.to(grad_freq_ptr.dtype.element_ty), mask=mask)
+            _store_spectrum(grad_freq_ptr + data, corr_re, mask)
+            _store_spectrum(grad_freq_ptr + plane + data, corr_im, mask)
         if (not BACKWARD) or HAS_POST_GATE:
             conv_re, conv_im = _complex_mul(input_re, input_im, spectrum_re, spectrum_im)
             conv_re, conv_im = _inverse_radix_dft(
                 conv_re, conv_im, dft_re, dft_im, twiddle_re, twiddle_im, RADIX_PAD, PRECISION
             )
-            tl.store(input_freq_ptr + data, conv_re.to(input_freq_ptr.dtype.element_ty), mask=mask)
-            tl.store(input_freq_ptr + plane + data, conv_im.to(input_freq_ptr.dtype.element_ty), mask=mask)
+            _store_spectrum(input_freq_ptr + data, conv_re, mask)
+            _store_spectrum(input_freq_ptr + plane + data, conv_im, mask)
 
     if BACKWARD:
         # a stored frequency of rows 0 < k1 < OUTER / 2 also stands for its unstored conjugate partner
@@ -327,14 +338,12 @@ def _radix_step(plan: FFTPlan, input_freq, grad_freq, spectrum, grad_spectrum, b
 
 
 def _new_spectra(plan: FFTPlan, u: torch.Tensor) -> torch.Tensor:
-    """Subsequence spectra `[B, H, 2, radix, stored]`, written by `_subsequence_dft_kernel`.
-
-    Float32: bfloat16 would halve the traffic between the launches, but its rounding of the spectra alone costs
-    about 0.5% relative error (measured in the interpreter at L = 2K to 32K), half of the bf16 error budget.
-    The kernels convert on load and store, so the buffer's dtype is the only switch.
-    """
+    """Subsequence spectra `[B, H, 2, radix, stored]`, written by `_subsequence_dft_kernel`: bfloat16 for bfloat16
+    inputs (half the traffic between the launches; the products round these values to bfloat16 in any case),
+    float32 otherwise (float16's range is too small for long spectra)."""
     batch, channels, _ = u.shape
-    return backend.new_buffer((batch, channels, 2, plan.radix, plan.stored_rows * plan.inner), torch.float32, u.device)
+    dtype = torch.bfloat16 if u.dtype == torch.bfloat16 else torch.float32
+    return backend.new_buffer((batch, channels, 2, plan.radix, plan.stored_rows * plan.inner), dtype, u.device)
 
 
 def gated_long_conv_fwd_radix(
