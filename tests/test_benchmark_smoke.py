@@ -1,8 +1,13 @@
-"""The encoder benchmark runs end to end (tiny sizes, CPU, float32); its numbers are not checked."""
+"""The benchmark scripts run end to end (tiny sizes, CPU); their numbers are not checked."""
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
-from helpers import load_benchmark
+import pytest
+from helpers import BENCHMARKS, load_benchmark
 
 
 def test_encoder_benchmark_smoke(tmp_path, monkeypatch):
@@ -43,3 +48,21 @@ def test_long_conv_flop_count_matches_the_plan_arithmetic(monkeypatch):
     radix_step = 2 * (4 * 2 * 2 * 2 * 17 * 64)  # 2 x 2 radix matrix, no padding
     assert bench.long_conv_dot_flops(2048, backward=False) == 2 * subsequence + radix_step
     assert bench.long_conv_dot_flops(2048, backward=True) == 2 * (2 * subsequence + radix_step)
+
+
+def test_kernel_resources_compiles_for_the_gpu_without_one():
+    """The sm_90a build report runs on a CPU machine (in its own process: it needs Triton's compiler, not the
+    interpreter) and lists every kernel of a single-program and of a radix plan."""
+    triton_nvidia = pytest.importorskip("triton.backends.nvidia")
+    if not any((Path(triton_nvidia.__file__).parent / "bin").glob("ptxas*")):
+        pytest.skip("this Triton build ships no ptxas")
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "kernel_resources.py"), "--lengths", "16", "2048"],
+        capture_output=True, text=True, env=dict(os.environ, TRITON_INTERPRET="0"), check=True,
+    )
+    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith(("| 16 |", "| 2048 |"))]
+    assert [row[1].strip() for row in rows] == [
+        "forward", "backward", "subsequence DFT", "subsequence DFT (backward)", "output", "output (backward)",
+        "radix step", "radix step (backward)",
+    ]
+    assert all(int(row[2]) > 0 for row in rows)
