@@ -1,7 +1,8 @@
 """Throughput of the M2-BERT encoder against Hugging Face BERT, in one run on one device.
 
 Rows: M2-BERT-80M (the released configuration: 768 hidden, 12 layers, GLU block-diagonal MLP with 4 blocks,
-filter order 128, no pooler) with this package's Triton kernels (CUDA only) and on its pure-PyTorch path, and
+filter order 128, no pooler) with this package's Triton kernels (CUDA only; `--m2-backends triton-1-launch` adds
+the row whose long convolutions beyond L = 1024 run their forward as one launch) and on its pure-PyTorch path, and
 `transformers.BertModel` at bert-base size with `sdpa` and `eager` attention. Modes: inference (`no_grad`, `--infer-tokens` tokens per call) and training
 step (forward + backward of `mean(h^2)`, `--train-tokens` tokens per call). The batch is tokens / L.
 
@@ -14,6 +15,7 @@ versions and date. Numbers are reported, never asserted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +37,26 @@ class Row:
     peak_gb: float
 
 
-M2_ROWS = {"triton": "M2-BERT-80M (Triton kernels)", "torch": "M2-BERT-80M (torch reference)"}
+M2_ROWS = {
+    "triton": "M2-BERT-80M (Triton kernels)",
+    "triton-1-launch": "M2-BERT-80M (Triton, one-launch radix forward)",
+    "torch": "M2-BERT-80M (torch reference)",
+}
+
+
+@contextlib.contextmanager
+def radix_forward_launches(backend: str):
+    """For the "triton-1-launch" row, the radix long-conv forward as one launch per (row, channel)."""
+    if backend != "triton-1-launch":
+        yield
+        return
+    from m2_hf.ops.long_conv import triton_long_conv_radix
+
+    triton_long_conv_radix.ONE_LAUNCH_FORWARD = True
+    try:
+        yield
+    finally:
+        triton_long_conv_radix.ONE_LAUNCH_FORWARD = False
 
 
 def m2_bert_80m(length: int, backend: str) -> m2_hf.M2Model:
@@ -81,16 +102,20 @@ def run(
 ) -> list[Row]:
     rows = []
     for length in lengths:
-        candidates = [(M2_ROWS[backend], lambda n=length, b=backend: m2_bert_80m(n, b)) for backend in backends]
-        candidates.append(("BERT-base sdpa", lambda n=length: bert_base(n, "sdpa")))
+        candidates = [
+            (M2_ROWS[backend], backend, lambda n=length, b=backend: m2_bert_80m(n, b.split("-")[0]))
+            for backend in backends
+        ]
+        candidates.append(("BERT-base sdpa", None, lambda n=length: bert_base(n, "sdpa")))
         if length <= skip_eager_above:
-            candidates.append(("BERT-base eager", lambda n=length: bert_base(n, "eager")))
+            candidates.append(("BERT-base eager", None, lambda n=length: bert_base(n, "eager")))
         for mode in modes:
             tokens = infer_tokens if mode == "infer" else train_tokens
-            for name, build in candidates:
+            for name, backend, build in candidates:
                 torch.manual_seed(0)
                 try:
-                    rows.append(measure(name, build(), length, tokens, mode, device, dtype, warmup, repeats))
+                    with radix_forward_launches(backend):
+                        rows.append(measure(name, build(), length, tokens, mode, device, dtype, warmup, repeats))
                 except torch.OutOfMemoryError:
                     rows.append(Row(name, length, max(1, tokens // length), mode, float("nan"), float("nan"), float("nan")))
                 print(format_row(rows[-1], rows), flush=True)

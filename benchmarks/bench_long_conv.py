@@ -7,7 +7,8 @@ interpreter is far too slow to time); on CPU only the reference is timed, which 
 without a GPU. The `path` column says how the "triton" row ran: one fused program per row (`L <= 1024`), three
 launches with a radix step (`radix R`, `L <= 32768`), or the torch.fft fallback. `--single-program-up-to N` adds a
 "triton-single" row that runs one program per row up to FFT size N (e.g. 8192), to time that choice against the
-radix step at the same lengths. Numbers are reported, never asserted.
+radix step at the same lengths; `--one-launch-forward` adds a "triton-1-launch" row where the radix forward runs as
+one launch per (row, channel) (`triton_long_conv_radix.ONE_LAUNCH_FORWARD`). Numbers are reported, never asserted.
 
     python benchmarks/bench_long_conv.py --output benchmarks/results/long-conv-$(date +%F).md
 """
@@ -15,6 +16,7 @@ radix step at the same lengths. Numbers are reported, never asserted.
 from __future__ import annotations
 
 import argparse
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,14 +79,16 @@ def measure(backend, length, batch, channels, mode, device, dtype, warmup, repea
     return Row(backend, path, length, batch, mode, ms, peak_gb)
 
 
-def measure_single_program(max_fft_size, *args) -> Row:
-    """`measure` of the "triton" path with one program per row up to FFT size `max_fft_size`."""
-    default = monarch_fft.MAX_FUSED_FFT_SIZE
-    monarch_fft.MAX_FUSED_FFT_SIZE = max_fft_size
+def measure_variant(name, module_name, setting, value, *args) -> Row:
+    """`measure` of the "triton" path with `m2_hf.ops.long_conv.<module_name>.<setting> = value` for the call, as
+    the row `name`."""
+    module = importlib.import_module(f"m2_hf.ops.long_conv.{module_name}")
+    default = getattr(module, setting)
+    setattr(module, setting, value)
     try:
-        return measure("triton-single", *args)
+        return measure(name, *args)
     finally:
-        monarch_fft.MAX_FUSED_FFT_SIZE = default
+        setattr(module, setting, default)
 
 
 def header(device: torch.device, dtype: torch.dtype, channels: int, tokens: int) -> str:
@@ -115,6 +119,8 @@ def main(argv=None) -> list[Row]:
     parser.add_argument("--backends", nargs="+", choices=["triton", "torch"], help="default: both on CUDA, torch on CPU")
     parser.add_argument("--single-program-up-to", type=int, metavar="N",
                         help="add triton-single rows: one program per row up to FFT size N")
+    parser.add_argument("--one-launch-forward", action="store_true",
+                        help="add triton-1-launch rows: the radix forward as one launch per (row, channel)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--output", type=Path, help="write the Markdown table here")
@@ -134,8 +140,14 @@ def main(argv=None) -> list[Row]:
                 print(format_row(rows[-1], rows), flush=True)
             single = args.single_program_up_to
             single_applies = single and monarch_fft.fft_size_for(length) <= single and fft_plan(length).radix > 1
+            radix_plan = fft_plan(length) is not None and fft_plan(length).radix > 1
+            variants = []
             if "triton" in backends and single_applies:
-                rows.append(measure_single_program(single, *shape))
+                variants.append(("triton-single", "monarch_fft", "MAX_FUSED_FFT_SIZE", single))
+            if "triton" in backends and args.one_launch_forward and radix_plan:
+                variants.append(("triton-1-launch", "triton_long_conv_radix", "ONE_LAUNCH_FORWARD", True))
+            for variant in variants:
+                rows.append(measure_variant(*variant, *shape))
                 print(format_row(rows[-1], rows), flush=True)
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)

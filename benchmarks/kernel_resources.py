@@ -30,7 +30,7 @@ from m2_hf.ops.long_conv import monarch_fft, triton_long_conv, triton_long_conv_
 
 BF16_POINTERS = {
     "u_ptr", "pre_gate_ptr", "post_gate_ptr", "out_ptr", "grad_out_ptr", "grad_u_ptr", "grad_pre_gate_ptr",
-    "grad_post_gate_ptr", "input_freq_ptr", "grad_freq_ptr", "conv_freq_ptr", "corr_freq_ptr",
+    "grad_post_gate_ptr", "input_freq_ptr", "grad_freq_ptr", "conv_freq_ptr", "corr_freq_ptr", "spectra_ptr",
 }
 
 
@@ -101,6 +101,8 @@ def kernels_for(length: int):
                 BLOCK=radix.RADIX_BLOCK, PRECISION="bf16")
     yield "radix step", radix._radix_kernel, dict(step, BACKWARD=False), 8, 1
     yield "radix step (backward)", radix._radix_kernel, dict(step, BACKWARD=True), 8, 1
+    one_launch = dict(meta, RADIX_PAD=plan.radix_rows, BLOCK=radix.RADIX_BLOCK)
+    yield "one-launch forward", radix._gated_long_conv_radix_fwd_kernel, one_launch, 8, 1
 
 
 def main(argv=None) -> list[Resources]:

@@ -63,6 +63,6 @@ def test_kernel_resources_compiles_for_the_gpu_without_one():
     rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith(("| 16 |", "| 2048 |"))]
     assert [row[1].strip() for row in rows] == [
         "forward", "backward", "subsequence DFT", "subsequence DFT (backward)", "output", "output (backward)",
-        "radix step", "radix step (backward)",
+        "radix step", "radix step (backward)", "one-launch forward",
     ]
     assert all(int(row[2]) > 0 for row in rows)

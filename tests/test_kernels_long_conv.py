@@ -195,6 +195,20 @@ def test_radix_step_with_broadcast_gate_and_strided_views(small_radix_plans):
     check_against_reference(inputs, rtol=1e-5, leaves=[projected, mask, spectrum, skip])
 
 
+@pytest.mark.parametrize("seq_len", [129, 400, 2000])
+def test_one_launch_radix_forward_matches_reference(seq_len, small_radix_plans, monkeypatch):
+    """The forward as one launch per (row, channel), its phases separated by barriers."""
+    monkeypatch.setattr(triton_long_conv_radix, "ONE_LAUNCH_FORWARD", True)
+    check_against_reference(make_inputs(2, 3, seq_len, bidirectional=True, gated=True), rtol=1e-5)
+    check_against_reference(make_inputs(1, 2, seq_len, bidirectional=False, gated=False), rtol=1e-5)
+
+
+def test_one_launch_radix_forward_at_a_real_plan_size(monkeypatch):
+    monkeypatch.setattr(triton_long_conv_radix, "ONE_LAUNCH_FORWARD", True)
+    inputs = make_inputs(1, 1, 4097, bidirectional=True, gated=True)
+    assert_close_to(gated_long_conv(*inputs, backend="triton"), gated_long_conv_reference(*inputs), rtol=1e-5)
+
+
 @pytest.mark.parametrize("seq_len, radix", [(1025, 2), (2049, 4), (4097, 8), (32768, 32)])
 def test_radix_step_at_real_plan_sizes_fp32(seq_len, radix):
     """The plans the GPU runs: 32 x 64 subsequence DFTs, radix 2 to 32."""

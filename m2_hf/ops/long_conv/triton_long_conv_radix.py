@@ -17,7 +17,8 @@ bfloat16 inputs, whose products round their operands to bfloat16 anyway, float32
    subsequence (that is `Re(IDFT_N)` on the positions `r + radix * m`), then the skip term and the gates.
 
 A kernel 1 or 3 program owns one (batch row, channel) and loops over the subsequences; a kernel 2 program owns
-one block of frequencies of one channel and loops over the batch.
+one block of frequencies of one channel and loops over the batch. With `ONE_LAUNCH_FORWARD`, the forward runs the
+three phases in one program per (batch row, channel), separated by barriers, so that its spectra need not leave L2.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ from .triton_long_conv import (
 )
 
 RADIX_BLOCK = 64
+# The forward as one launch per (row, channel) rather than three: its spectra can stay in L2 between the phases
+# (benchmarks/kernel-notes.md). Off until a GPU run times it against the three launches.
+ONE_LAUNCH_FORWARD = False
 
 
 @triton.jit
@@ -88,8 +92,8 @@ def _load_hermitian(ptr, plane_stride, OUTER: tl.constexpr, INNER: tl.constexpr)
 
 
 @triton.jit
-def _subsequence_dft_kernel(
-    u_ptr, pre_gate_ptr, grad_out_ptr, post_gate_ptr, input_freq_ptr, grad_freq_ptr,
+def _subsequence_dfts(
+    row, channel, u_ptr, pre_gate_ptr, grad_out_ptr, post_gate_ptr, input_freq_ptr, grad_freq_ptr,
     dft_outer_ptr, dft_inner_ptr, twiddle_ptr,
     channels, seq_len,
     u_stride_b, u_stride_h, pre_stride_b, pre_stride_h, grad_stride_b, grad_stride_h, post_stride_b, post_stride_h,
@@ -97,8 +101,8 @@ def _subsequence_dft_kernel(
     RADIX: tl.constexpr, OUTER: tl.constexpr, INNER: tl.constexpr, TIME_ROWS: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    channel = tl.program_id(0)
-    row = tl.program_id(1).to(tl.int64)
+    """Phase 1 for one (row, channel): the stored rows of `DFT_M` of every subsequence of the gated input (and of
+    the gated output gradient `WITH_GRAD`)."""
     stored: tl.constexpr = (OUTER // 2 + 1) * INNER
     spectra = (row * channels + channel) * 2 * RADIX * stored
     head_re, head_im, inner_re, inner_im, twiddle_re, twiddle_im = _dft_tables(
@@ -122,6 +126,24 @@ def _subsequence_dft_kernel(
                 gated_grad, head_re, head_im, inner_re, inner_im, twiddle_re, twiddle_im, OUTER, PRECISION
             )
             _store_stored_rows(grad_freq_ptr + offset, freq_re, freq_im, RADIX * stored, OUTER, INNER)
+
+
+@triton.jit
+def _subsequence_dft_kernel(
+    u_ptr, pre_gate_ptr, grad_out_ptr, post_gate_ptr, input_freq_ptr, grad_freq_ptr,
+    dft_outer_ptr, dft_inner_ptr, twiddle_ptr,
+    channels, seq_len,
+    u_stride_b, u_stride_h, pre_stride_b, pre_stride_h, grad_stride_b, grad_stride_h, post_stride_b, post_stride_h,
+    HAS_PRE_GATE: tl.constexpr, HAS_POST_GATE: tl.constexpr, WITH_GRAD: tl.constexpr,
+    RADIX: tl.constexpr, OUTER: tl.constexpr, INNER: tl.constexpr, TIME_ROWS: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    _subsequence_dfts(
+        tl.program_id(1).to(tl.int64), tl.program_id(0), u_ptr, pre_gate_ptr, grad_out_ptr, post_gate_ptr,
+        input_freq_ptr, grad_freq_ptr, dft_outer_ptr, dft_inner_ptr, twiddle_ptr, channels, seq_len,
+        u_stride_b, u_stride_h, pre_stride_b, pre_stride_h, grad_stride_b, grad_stride_h, post_stride_b, post_stride_h,
+        HAS_PRE_GATE, HAS_POST_GATE, WITH_GRAD, RADIX, OUTER, INNER, TIME_ROWS, PRECISION,
+    )
 
 
 @triton.jit
@@ -155,6 +177,48 @@ def _inverse_radix_dft(
 
 
 @triton.jit
+def _radix_tiles(
+    block, channel, spectrum_ptr, radix_dft_ptr, radix_twiddle_ptr,
+    RADIX: tl.constexpr, RADIX_PAD: tl.constexpr, OUTER: tl.constexpr, INNER: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Offsets and mask of the `[RADIX_PAD, BLOCK]` tile of frequency block `block` in one row's spectra, the offsets
+    of the same tile in the channel's filter spectrum, `F_radix` (zero-padded) and the tile's twiddles and filter."""
+    stored: tl.constexpr = (OUTER // 2 + 1) * INNER
+    plane: tl.constexpr = RADIX * stored
+    subsequence = tl.arange(0, RADIX_PAD)[:, None]
+    frequency = block * BLOCK + tl.arange(0, BLOCK)[None, :]
+    mask = (subsequence < RADIX) & (frequency < stored)
+    offsets = subsequence * stored + frequency
+    dft_offsets = subsequence * RADIX + tl.arange(0, RADIX_PAD)[None, :]
+    dft_mask = (subsequence < RADIX) & (tl.arange(0, RADIX_PAD)[None, :] < RADIX)
+    dft_re = tl.load(radix_dft_ptr + dft_offsets, mask=dft_mask, other=0.0)
+    dft_im = tl.load(radix_dft_ptr + RADIX * RADIX + dft_offsets, mask=dft_mask, other=0.0)
+    twiddle_re = tl.load(radix_twiddle_ptr + offsets, mask=mask, other=0.0)
+    twiddle_im = tl.load(radix_twiddle_ptr + plane + offsets, mask=mask, other=0.0)
+    spectrum_offsets = channel.to(tl.int64) * 2 * plane + offsets
+    spectrum_re = tl.load(spectrum_ptr + spectrum_offsets, mask=mask, other=0.0)
+    spectrum_im = tl.load(spectrum_ptr + plane + spectrum_offsets, mask=mask, other=0.0)
+    return offsets, mask, spectrum_offsets, dft_re, dft_im, twiddle_re, twiddle_im, spectrum_re, spectrum_im
+
+
+@triton.jit
+def _radix_convolve(
+    ptr, mask, plane, dft_re, dft_im, twiddle_re, twiddle_im, spectrum_re, spectrum_im,
+    RADIX_PAD: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """In place on one row's tile at `ptr`: the gated input's subsequence spectra become the convolution's."""
+    freq_re = tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
+    freq_im = tl.load(ptr + plane, mask=mask, other=0.0).to(tl.float32)
+    freq_re, freq_im = _radix_dft(freq_re, freq_im, dft_re, dft_im, twiddle_re, twiddle_im, RADIX_PAD, PRECISION)
+    freq_re, freq_im = _complex_mul(freq_re, freq_im, spectrum_re, spectrum_im)
+    freq_re, freq_im = _inverse_radix_dft(
+        freq_re, freq_im, dft_re, dft_im, twiddle_re, twiddle_im, RADIX_PAD, PRECISION
+    )
+    _store_spectrum(ptr, freq_re, mask)
+    _store_spectrum(ptr + plane, freq_im, mask)
+
+
+@triton.jit
 def _radix_kernel(
     input_freq_ptr, grad_freq_ptr, spectrum_ptr, grad_spectrum_ptr, radix_dft_ptr, radix_twiddle_ptr,
     batch, channels,
@@ -166,37 +230,24 @@ def _radix_kernel(
     channel = tl.program_id(1)
     stored: tl.constexpr = (OUTER // 2 + 1) * INNER
     plane: tl.constexpr = RADIX * stored
-    subsequence = tl.arange(0, RADIX_PAD)[:, None]
     frequency = block * BLOCK + tl.arange(0, BLOCK)[None, :]
-    mask = (subsequence < RADIX) & (frequency < stored)
-    offsets = subsequence * stored + frequency
-
-    dft_offsets = subsequence * RADIX + tl.arange(0, RADIX_PAD)[None, :]
-    dft_mask = (subsequence < RADIX) & (tl.arange(0, RADIX_PAD)[None, :] < RADIX)
-    dft_re = tl.load(radix_dft_ptr + dft_offsets, mask=dft_mask, other=0.0)
-    dft_im = tl.load(radix_dft_ptr + RADIX * RADIX + dft_offsets, mask=dft_mask, other=0.0)
-    twiddle_re = tl.load(radix_twiddle_ptr + offsets, mask=mask, other=0.0)
-    twiddle_im = tl.load(radix_twiddle_ptr + plane + offsets, mask=mask, other=0.0)
-    spectrum_offsets = channel.to(tl.int64) * 2 * plane + offsets
-    spectrum_re = tl.load(spectrum_ptr + spectrum_offsets, mask=mask, other=0.0)
-    spectrum_im = tl.load(spectrum_ptr + plane + spectrum_offsets, mask=mask, other=0.0)
-
+    offsets, mask, spectrum_offsets, dft_re, dft_im, twiddle_re, twiddle_im, spectrum_re, spectrum_im = _radix_tiles(
+        block, channel, spectrum_ptr, radix_dft_ptr, radix_twiddle_ptr, RADIX, RADIX_PAD, OUTER, INNER, BLOCK
+    )
     if BACKWARD:
         grad_spectrum_re = tl.zeros((RADIX_PAD, BLOCK), dtype=tl.float32)
         grad_spectrum_im = tl.zeros((RADIX_PAD, BLOCK), dtype=tl.float32)
     for row in range(batch):
         data = (row * channels + channel).to(tl.int64) * 2 * plane + offsets
-        input_re = tl.load(input_freq_ptr + data, mask=mask, other=0.0).to(tl.float32)
-        input_im = tl.load(input_freq_ptr + plane + data, mask=mask, other=0.0).to(tl.float32)
-        input_re, input_im = _radix_dft(
-            input_re, input_im, dft_re, dft_im, twiddle_re, twiddle_im, RADIX_PAD, PRECISION
-        )
         if BACKWARD:
+            input_re = tl.load(input_freq_ptr + data, mask=mask, other=0.0).to(tl.float32)
+            input_im = tl.load(input_freq_ptr + plane + data, mask=mask, other=0.0).to(tl.float32)
+            input_re, input_im = _radix_dft(
+                input_re, input_im, dft_re, dft_im, twiddle_re, twiddle_im, RADIX_PAD, PRECISION
+            )
             grad_re = tl.load(grad_freq_ptr + data, mask=mask, other=0.0).to(tl.float32)
             grad_im = tl.load(grad_freq_ptr + plane + data, mask=mask, other=0.0).to(tl.float32)
-            grad_re, grad_im = _radix_dft(
-                grad_re, grad_im, dft_re, dft_im, twiddle_re, twiddle_im, RADIX_PAD, PRECISION
-            )
+            grad_re, grad_im = _radix_dft(grad_re, grad_im, dft_re, dft_im, twiddle_re, twiddle_im, RADIX_PAD, PRECISION)
             product_re, product_im = _conj_mul(input_re, input_im, grad_re, grad_im)
             grad_spectrum_re += product_re
             grad_spectrum_im += product_im
@@ -207,13 +258,18 @@ def _radix_kernel(
             )
             _store_spectrum(grad_freq_ptr + data, corr_re, mask)
             _store_spectrum(grad_freq_ptr + plane + data, corr_im, mask)
-        if (not BACKWARD) or HAS_POST_GATE:
-            conv_re, conv_im = _complex_mul(input_re, input_im, spectrum_re, spectrum_im)
-            conv_re, conv_im = _inverse_radix_dft(
-                conv_re, conv_im, dft_re, dft_im, twiddle_re, twiddle_im, RADIX_PAD, PRECISION
+            if HAS_POST_GATE:
+                conv_re, conv_im = _complex_mul(input_re, input_im, spectrum_re, spectrum_im)
+                conv_re, conv_im = _inverse_radix_dft(
+                    conv_re, conv_im, dft_re, dft_im, twiddle_re, twiddle_im, RADIX_PAD, PRECISION
+                )
+                _store_spectrum(input_freq_ptr + data, conv_re, mask)
+                _store_spectrum(input_freq_ptr + plane + data, conv_im, mask)
+        else:
+            _radix_convolve(
+                input_freq_ptr + data, mask, plane, dft_re, dft_im, twiddle_re, twiddle_im, spectrum_re, spectrum_im,
+                RADIX_PAD, PRECISION,
             )
-            _store_spectrum(input_freq_ptr + data, conv_re, mask)
-            _store_spectrum(input_freq_ptr + plane + data, conv_im, mask)
 
     if BACKWARD:
         # a stored frequency of rows 0 < k1 < OUTER / 2 also stands for its unstored conjugate partner
@@ -224,8 +280,8 @@ def _radix_kernel(
 
 
 @triton.jit
-def _subsequence_output_fwd_kernel(
-    conv_freq_ptr, u_ptr, pre_gate_ptr, post_gate_ptr, skip_ptr, out_ptr,
+def _subsequence_outputs(
+    row, channel, conv_freq_ptr, u_ptr, pre_gate_ptr, post_gate_ptr, skip_ptr, out_ptr,
     dft_outer_ptr, dft_inner_ptr, twiddle_ptr,
     channels, seq_len,
     u_stride_b, u_stride_h, pre_stride_b, pre_stride_h, post_stride_b, post_stride_h,
@@ -233,8 +289,8 @@ def _subsequence_output_fwd_kernel(
     RADIX: tl.constexpr, OUTER: tl.constexpr, INNER: tl.constexpr, TIME_ROWS: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    channel = tl.program_id(0)
-    row = tl.program_id(1).to(tl.int64)
+    """Phase 3 of the forward for one (row, channel): `Re(IDFT_M)` of the convolution's subsequence spectra, the
+    skip term and the gates."""
     stored: tl.constexpr = (OUTER // 2 + 1) * INNER
     spectra = (row * channels + channel) * 2 * RADIX * stored
     head_re, head_im, inner_re, inner_im, twiddle_re, twiddle_im = _dft_tables(
@@ -254,6 +310,64 @@ def _subsequence_output_fwd_kernel(
         if HAS_POST_GATE:
             out *= _load_rows(post_gate_ptr, row, channel, positions, mask, post_stride_b, post_stride_h)
         _store_rows(out_ptr, out, row, channel, positions, mask, seq_len * channels, seq_len)
+
+
+@triton.jit
+def _subsequence_output_fwd_kernel(
+    conv_freq_ptr, u_ptr, pre_gate_ptr, post_gate_ptr, skip_ptr, out_ptr,
+    dft_outer_ptr, dft_inner_ptr, twiddle_ptr,
+    channels, seq_len,
+    u_stride_b, u_stride_h, pre_stride_b, pre_stride_h, post_stride_b, post_stride_h,
+    HAS_PRE_GATE: tl.constexpr, HAS_POST_GATE: tl.constexpr,
+    RADIX: tl.constexpr, OUTER: tl.constexpr, INNER: tl.constexpr, TIME_ROWS: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    _subsequence_outputs(
+        tl.program_id(1).to(tl.int64), tl.program_id(0), conv_freq_ptr, u_ptr, pre_gate_ptr, post_gate_ptr,
+        skip_ptr, out_ptr, dft_outer_ptr, dft_inner_ptr, twiddle_ptr, channels, seq_len,
+        u_stride_b, u_stride_h, pre_stride_b, pre_stride_h, post_stride_b, post_stride_h,
+        HAS_PRE_GATE, HAS_POST_GATE, RADIX, OUTER, INNER, TIME_ROWS, PRECISION,
+    )
+
+
+@triton.jit
+def _gated_long_conv_radix_fwd_kernel(
+    u_ptr, pre_gate_ptr, post_gate_ptr, spectrum_ptr, skip_ptr, out_ptr, spectra_ptr,
+    dft_outer_ptr, dft_inner_ptr, twiddle_ptr, radix_dft_ptr, radix_twiddle_ptr,
+    channels, seq_len,
+    u_stride_b, u_stride_h, pre_stride_b, pre_stride_h, post_stride_b, post_stride_h,
+    HAS_PRE_GATE: tl.constexpr, HAS_POST_GATE: tl.constexpr,
+    RADIX: tl.constexpr, RADIX_PAD: tl.constexpr, OUTER: tl.constexpr, INNER: tl.constexpr,
+    TIME_ROWS: tl.constexpr, BLOCK: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """The whole forward of one (row, channel) in one program: the three phases of the three-launch forward,
+    separated by barriers, through this row's spectra (small enough to stay in L2 between the phases)."""
+    channel = tl.program_id(0)
+    row = tl.program_id(1).to(tl.int64)
+    stored: tl.constexpr = (OUTER // 2 + 1) * INNER
+    plane: tl.constexpr = RADIX * stored
+    _subsequence_dfts(
+        row, channel, u_ptr, pre_gate_ptr, None, None, spectra_ptr, None, dft_outer_ptr, dft_inner_ptr, twiddle_ptr,
+        channels, seq_len, u_stride_b, u_stride_h, pre_stride_b, pre_stride_h, 0, 0, 0, 0,
+        HAS_PRE_GATE, False, False, RADIX, OUTER, INNER, TIME_ROWS, PRECISION,
+    )
+    tl.debug_barrier()
+    row_spectra = spectra_ptr + (row * channels + channel) * 2 * plane
+    for block in range(tl.cdiv(stored, BLOCK)):
+        offsets, mask, _, dft_re, dft_im, twiddle_re, twiddle_im, spectrum_re, spectrum_im = _radix_tiles(
+            block, channel, spectrum_ptr, radix_dft_ptr, radix_twiddle_ptr, RADIX, RADIX_PAD, OUTER, INNER, BLOCK
+        )
+        _radix_convolve(
+            row_spectra + offsets, mask, plane, dft_re, dft_im, twiddle_re, twiddle_im, spectrum_re, spectrum_im,
+            RADIX_PAD, PRECISION,
+        )
+    tl.debug_barrier()
+    _subsequence_outputs(
+        row, channel, spectra_ptr, u_ptr, pre_gate_ptr, post_gate_ptr, skip_ptr, out_ptr,
+        dft_outer_ptr, dft_inner_ptr, twiddle_ptr, channels, seq_len,
+        u_stride_b, u_stride_h, pre_stride_b, pre_stride_h, post_stride_b, post_stride_h,
+        HAS_PRE_GATE, HAS_POST_GATE, RADIX, OUTER, INNER, TIME_ROWS, PRECISION,
+    )
 
 
 @triton.jit
@@ -360,6 +474,14 @@ def gated_long_conv_fwd_radix(
     spectra = _new_spectra(plan, u)
     tables = dft_tables(plan.outer, plan.inner, u.device)
     meta = _subsequence_meta(plan, u, pre_gate, post_gate)
+    if ONE_LAUNCH_FORWARD:
+        _gated_long_conv_radix_fwd_kernel[(channels, batch)](
+            u, pre_gate, post_gate, spectrum, skip, out, spectra, *tables,
+            *radix_tables(plan.radix, plan.outer, plan.inner, u.device), channels, seq_len,
+            *_strides(u), *_strides(pre_gate), *_strides(post_gate),
+            RADIX_PAD=plan.radix_rows, BLOCK=RADIX_BLOCK, **meta,
+        )
+        return out
     _subsequence_dft_kernel[(channels, batch)](
         u, pre_gate, None, None, spectra, None, *tables, channels, seq_len,
         *_strides(u), *_strides(pre_gate), 0, 0, 0, 0, WITH_GRAD=False, **meta,
