@@ -172,6 +172,40 @@ def _store_rows(ptr, value, rows, channel, positions, mask, stride_b, stride_h):
 
 
 @triton.jit
+def _load_backward_inputs(
+    grad_out_ptr, u_ptr, pre_gate_ptr, post_gate_ptr, rows, channel, positions, mask,
+    grad_stride_b, grad_stride_h, u_stride_b, u_stride_h, pre_stride_b, pre_stride_h, post_stride_b, post_stride_h,
+    HAS_PRE_GATE: tl.constexpr, HAS_POST_GATE: tl.constexpr,
+):
+    """`(grad_out, u, pre_gate, gated_input, gated_grad)` of a time tile (`pre_gate` is `u`, unused, without a pre
+    gate): `gated_input = u * pre_gate`, `gated_grad = grad_out * post_gate`."""
+    grad_out = _load_rows(grad_out_ptr, rows, channel, positions, mask, grad_stride_b, grad_stride_h)
+    u = _load_rows(u_ptr, rows, channel, positions, mask, u_stride_b, u_stride_h)
+    pre_gate = u
+    gated_input = u
+    if HAS_PRE_GATE:
+        pre_gate = _load_rows(pre_gate_ptr, rows, channel, positions, mask, pre_stride_b, pre_stride_h)
+        gated_input = u * pre_gate
+    gated_grad = grad_out
+    if HAS_POST_GATE:
+        gated_grad = grad_out * _load_rows(post_gate_ptr, rows, channel, positions, mask, post_stride_b, post_stride_h)
+    return grad_out, u, pre_gate, gated_input, gated_grad
+
+
+@triton.jit
+def _store_input_grads(
+    grad_u_ptr, grad_pre_gate_ptr, grad_gated, u, pre_gate, rows, channel, positions, mask, stride_b, stride_h,
+    HAS_PRE_GATE: tl.constexpr,
+):
+    """`grad_u = grad_gated * pre_gate` and `grad_pre_gate = grad_gated * u` (`grad_u = grad_gated` without a gate)."""
+    if HAS_PRE_GATE:
+        _store_rows(grad_u_ptr, grad_gated * pre_gate, rows, channel, positions, mask, stride_b, stride_h)
+        _store_rows(grad_pre_gate_ptr, grad_gated * u, rows, channel, positions, mask, stride_b, stride_h)
+    else:
+        _store_rows(grad_u_ptr, grad_gated, rows, channel, positions, mask, stride_b, stride_h)
+
+
+@triton.jit
 def _spectrum_offsets(OUTER: tl.constexpr, INNER: tl.constexpr):
     """Offsets of one channel's spectrum plane: `[OUTER, INNER]` (a single row for dense plans)."""
     return tl.arange(0, OUTER)[:, None] * INNER + tl.arange(0, INNER)[None, :]
@@ -245,17 +279,11 @@ def _gated_long_conv_bwd_kernel(
     grad_skip = tl.zeros((TIME_ROWS, TIME_COLS), dtype=tl.float32)
     for row_block in range(split, tl.cdiv(batch, BLOCK_ROWS), num_splits):
         rows, positions, mask = _time_tile(row_block, batch, seq_len, BLOCK_ROWS, TIME_ROWS, TIME_COLS)
-        grad_out = _load_rows(grad_out_ptr, rows, channel, positions, mask, grad_stride_b, grad_stride_h)
-        u = _load_rows(u_ptr, rows, channel, positions, mask, u_stride_b, u_stride_h)
-        gated_input = u
-        if HAS_PRE_GATE:
-            pre_gate = _load_rows(pre_gate_ptr, rows, channel, positions, mask, pre_stride_b, pre_stride_h)
-            gated_input = u * pre_gate
-        gated_grad = grad_out
-        if HAS_POST_GATE:
-            gated_grad = grad_out * _load_rows(
-                post_gate_ptr, rows, channel, positions, mask, post_stride_b, post_stride_h
-            )
+        grad_out, u, pre_gate, gated_input, gated_grad = _load_backward_inputs(
+            grad_out_ptr, u_ptr, pre_gate_ptr, post_gate_ptr, rows, channel, positions, mask,
+            grad_stride_b, grad_stride_h, u_stride_b, u_stride_h, pre_stride_b, pre_stride_h,
+            post_stride_b, post_stride_h, HAS_PRE_GATE, HAS_POST_GATE,
+        )
 
         input_re, input_im = _dft(
             gated_input, head_re, head_im, inner_re, inner_im, twiddle_re, twiddle_im, OUTER, PRECISION
@@ -278,11 +306,10 @@ def _gated_long_conv_bwd_kernel(
         grad_gated = _inverse_dft_real(
             corr_re, corr_im, head_re, head_im, inner_re, inner_im, twiddle_re, twiddle_im, OUTER, PRECISION
         ) + skip * gated_grad
-        if HAS_PRE_GATE:
-            _store_rows(grad_u_ptr, grad_gated * pre_gate, rows, channel, positions, mask, out_stride_b, seq_len)
-            _store_rows(grad_pre_gate_ptr, grad_gated * u, rows, channel, positions, mask, out_stride_b, seq_len)
-        else:
-            _store_rows(grad_u_ptr, grad_gated, rows, channel, positions, mask, out_stride_b, seq_len)
+        _store_input_grads(
+            grad_u_ptr, grad_pre_gate_ptr, grad_gated, u, pre_gate, rows, channel, positions, mask,
+            out_stride_b, seq_len, HAS_PRE_GATE,
+        )
         if HAS_POST_GATE:
             conv_re, conv_im = _complex_mul(input_re, input_im, spectrum_re, spectrum_im)
             conv = _inverse_dft_real(

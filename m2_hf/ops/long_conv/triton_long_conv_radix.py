@@ -38,7 +38,9 @@ from .triton_long_conv import (
     _dot,
     _dot_precision,
     _inverse_dft_real,
+    _load_backward_inputs,
     _load_rows,
+    _store_input_grads,
     _store_rows,
     _strides,
 )
@@ -394,16 +396,11 @@ def _subsequence_output_bwd_kernel(
     grad_skip = tl.zeros((TIME_ROWS, INNER), dtype=tl.float32)
     for subsequence in range(RADIX):
         positions, mask = _subsequence_tile(subsequence, seq_len, RADIX, TIME_ROWS, INNER)
-        grad_out = _load_rows(grad_out_ptr, row, channel, positions, mask, grad_stride_b, grad_stride_h)
-        u = _load_rows(u_ptr, row, channel, positions, mask, u_stride_b, u_stride_h)
-        gated_input = u
-        if HAS_PRE_GATE:
-            pre_gate = _load_rows(pre_gate_ptr, row, channel, positions, mask, pre_stride_b, pre_stride_h)
-            gated_input = u * pre_gate
-        gated_grad = grad_out
-        if HAS_POST_GATE:
-            post_gate = _load_rows(post_gate_ptr, row, channel, positions, mask, post_stride_b, post_stride_h)
-            gated_grad = grad_out * post_gate
+        grad_out, u, pre_gate, gated_input, gated_grad = _load_backward_inputs(
+            grad_out_ptr, u_ptr, pre_gate_ptr, post_gate_ptr, row, channel, positions, mask,
+            grad_stride_b, grad_stride_h, u_stride_b, u_stride_h, pre_stride_b, pre_stride_h,
+            post_stride_b, post_stride_h, HAS_PRE_GATE, HAS_POST_GATE,
+        )
         grad_skip += gated_grad * gated_input
 
         offset = spectra + subsequence * stored
@@ -411,11 +408,10 @@ def _subsequence_output_bwd_kernel(
         grad_gated = _inverse_dft_real(
             freq_re, freq_im, head_re, head_im, inner_re, inner_im, twiddle_re, twiddle_im, OUTER, PRECISION
         ) + skip * gated_grad
-        if HAS_PRE_GATE:
-            _store_rows(grad_u_ptr, grad_gated * pre_gate, row, channel, positions, mask, out_stride_b, seq_len)
-            _store_rows(grad_pre_gate_ptr, grad_gated * u, row, channel, positions, mask, out_stride_b, seq_len)
-        else:
-            _store_rows(grad_u_ptr, grad_gated, row, channel, positions, mask, out_stride_b, seq_len)
+        _store_input_grads(
+            grad_u_ptr, grad_pre_gate_ptr, grad_gated, u, pre_gate, row, channel, positions, mask,
+            out_stride_b, seq_len, HAS_PRE_GATE,
+        )
         if HAS_POST_GATE:
             freq_re, freq_im = _load_hermitian(conv_freq_ptr + offset, RADIX * stored, OUTER, INNER)
             conv = _inverse_dft_real(
