@@ -159,9 +159,14 @@ def test_bf16_inputs_match_the_fp32_reference(seq_len, small_radix_plans):
         assert error <= 1e-2, error
 
 
-def test_broadcast_gate_and_strided_views():
-    """Inputs as the mixer makes them: channel slices of one `[B, 3H, L]` projection, a `[B, 1, L]` mask gate."""
-    batch, channels, seq_len = 2, 3, 40
+@pytest.mark.parametrize("seq_len, radix_plans", [(40, False), (300, True)])
+def test_broadcast_gate_and_strided_views(seq_len, radix_plans, request):
+    """Inputs as the mixer makes them: channel slices of one `[B, 3H, L]` projection, a `[B, 1, L]` mask gate;
+    one program, and the radix step."""
+    if radix_plans:
+        request.getfixturevalue("small_radix_plans")
+        assert fft_plan(seq_len).radix > 1
+    batch, channels = 2, 3
     projected = torch.randn(batch, 3 * channels, seq_len, requires_grad=True)
     pre_gate, post_gate, value = projected.split(channels, dim=1)
     mask = (torch.rand(batch, 1, seq_len) > 0.3).float().requires_grad_()
@@ -182,17 +187,6 @@ def test_radix_step_matches_reference_fp32(seq_len, bidirectional, small_radix_p
 def test_radix_step_ungated_and_fp16(seq_len, small_radix_plans):
     check_against_reference(make_inputs(2, 2, seq_len, bidirectional=True, gated=False), rtol=1e-5)
     check_against_reference(make_inputs(2, 2, seq_len, bidirectional=True, gated=True, dtype=torch.float16), 2e-3)
-
-
-def test_radix_step_with_broadcast_gate_and_strided_views(small_radix_plans):
-    batch, channels, seq_len = 2, 2, 300
-    projected = torch.randn(batch, 3 * channels, seq_len, requires_grad=True)
-    pre_gate, post_gate, value = projected.split(channels, dim=1)
-    mask = (torch.rand(batch, 1, seq_len) > 0.3).float().requires_grad_()
-    spectrum = make_spectrum(channels, seq_len, bidirectional=True).requires_grad_()
-    skip = torch.randn(channels, requires_grad=True)
-    inputs = (value, spectrum, skip, pre_gate * mask, post_gate)
-    check_against_reference(inputs, rtol=1e-5, leaves=[projected, mask, spectrum, skip])
 
 
 @pytest.mark.parametrize("seq_len", [129, 400, 2000])

@@ -249,7 +249,9 @@ def _radix_kernel(
             )
             grad_re = tl.load(grad_freq_ptr + data, mask=mask, other=0.0).to(tl.float32)
             grad_im = tl.load(grad_freq_ptr + plane + data, mask=mask, other=0.0).to(tl.float32)
-            grad_re, grad_im = _radix_dft(grad_re, grad_im, dft_re, dft_im, twiddle_re, twiddle_im, RADIX_PAD, PRECISION)
+            grad_re, grad_im = _radix_dft(
+                grad_re, grad_im, dft_re, dft_im, twiddle_re, twiddle_im, RADIX_PAD, PRECISION
+            )
             product_re, product_im = _conj_mul(input_re, input_im, grad_re, grad_im)
             grad_spectrum_re += product_re
             grad_spectrum_im += product_im
