@@ -172,6 +172,30 @@ def _store_rows(ptr, value, rows, channel, positions, mask, stride_b, stride_h):
 
 
 @triton.jit
+def _load_gated_input(
+    u_ptr, pre_gate_ptr, rows, channel, positions, mask, u_stride_b, u_stride_h, pre_stride_b, pre_stride_h,
+    HAS_PRE_GATE: tl.constexpr,
+):
+    """`u * pre_gate` on a time tile (`u` without a pre gate)."""
+    gated_input = _load_rows(u_ptr, rows, channel, positions, mask, u_stride_b, u_stride_h)
+    if HAS_PRE_GATE:
+        gated_input *= _load_rows(pre_gate_ptr, rows, channel, positions, mask, pre_stride_b, pre_stride_h)
+    return gated_input
+
+
+@triton.jit
+def _store_gated_output(
+    out_ptr, post_gate_ptr, conv, skip, gated_input, rows, channel, positions, mask, channels, seq_len,
+    post_stride_b, post_stride_h, HAS_POST_GATE: tl.constexpr,
+):
+    """`out = post_gate * (conv + skip * gated_input)` on a time tile of the contiguous `[B, H, L]` output."""
+    out = conv + skip * gated_input
+    if HAS_POST_GATE:
+        out *= _load_rows(post_gate_ptr, rows, channel, positions, mask, post_stride_b, post_stride_h)
+    _store_rows(out_ptr, out, rows, channel, positions, mask, seq_len * channels, seq_len)
+
+
+@triton.jit
 def _load_backward_inputs(
     grad_out_ptr, u_ptr, pre_gate_ptr, post_gate_ptr, rows, channel, positions, mask,
     grad_stride_b, grad_stride_h, u_stride_b, u_stride_h, pre_stride_b, pre_stride_h, post_stride_b, post_stride_h,
@@ -224,11 +248,10 @@ def _gated_long_conv_fwd_kernel(
     channel = tl.program_id(0)
     rows, positions, mask = _time_tile(tl.program_id(1), batch, seq_len, BLOCK_ROWS, TIME_ROWS, TIME_COLS)
 
-    u = _load_rows(u_ptr, rows, channel, positions, mask, u_stride_b, u_stride_h)
-    gated_input = u
-    if HAS_PRE_GATE:
-        gated_input = u * _load_rows(pre_gate_ptr, rows, channel, positions, mask, pre_stride_b, pre_stride_h)
-
+    gated_input = _load_gated_input(
+        u_ptr, pre_gate_ptr, rows, channel, positions, mask, u_stride_b, u_stride_h, pre_stride_b, pre_stride_h,
+        HAS_PRE_GATE,
+    )
     head_re, head_im, inner_re, inner_im, twiddle_re, twiddle_im = _dft_tables(
         dft_outer_ptr, dft_inner_ptr, twiddle_ptr, OUTER, INNER, TIME_ROWS, TIME_COLS
     )
@@ -243,11 +266,11 @@ def _gated_long_conv_fwd_kernel(
     conv = _inverse_dft_real(
         freq_re, freq_im, head_re, head_im, inner_re, inner_im, twiddle_re, twiddle_im, OUTER, PRECISION
     )
-
-    out = conv + tl.load(skip_ptr + channel).to(tl.float32) * gated_input
-    if HAS_POST_GATE:
-        out *= _load_rows(post_gate_ptr, rows, channel, positions, mask, post_stride_b, post_stride_h)
-    _store_rows(out_ptr, out, rows, channel, positions, mask, seq_len * channels, seq_len)
+    skip = tl.load(skip_ptr + channel).to(tl.float32)
+    _store_gated_output(
+        out_ptr, post_gate_ptr, conv, skip, gated_input, rows, channel, positions, mask, channels, seq_len,
+        post_stride_b, post_stride_h, HAS_POST_GATE,
+    )
 
 
 @triton.jit

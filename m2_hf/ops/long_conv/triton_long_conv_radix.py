@@ -39,7 +39,9 @@ from .triton_long_conv import (
     _dot_precision,
     _inverse_dft_real,
     _load_backward_inputs,
+    _load_gated_input,
     _load_rows,
+    _store_gated_output,
     _store_input_grads,
     _store_rows,
     _strides,
@@ -112,9 +114,10 @@ def _subsequence_dfts(
     )
     for subsequence in range(RADIX):
         positions, mask = _subsequence_tile(subsequence, seq_len, RADIX, TIME_ROWS, INNER)
-        gated_input = _load_rows(u_ptr, row, channel, positions, mask, u_stride_b, u_stride_h)
-        if HAS_PRE_GATE:
-            gated_input *= _load_rows(pre_gate_ptr, row, channel, positions, mask, pre_stride_b, pre_stride_h)
+        gated_input = _load_gated_input(
+            u_ptr, pre_gate_ptr, row, channel, positions, mask, u_stride_b, u_stride_h, pre_stride_b, pre_stride_h,
+            HAS_PRE_GATE,
+        )
         freq_re, freq_im = _dft(
             gated_input, head_re, head_im, inner_re, inner_im, twiddle_re, twiddle_im, OUTER, PRECISION
         )
@@ -307,13 +310,14 @@ def _subsequence_outputs(
             freq_re, freq_im, head_re, head_im, inner_re, inner_im, twiddle_re, twiddle_im, OUTER, PRECISION
         )
         positions, mask = _subsequence_tile(subsequence, seq_len, RADIX, TIME_ROWS, INNER)
-        gated_input = _load_rows(u_ptr, row, channel, positions, mask, u_stride_b, u_stride_h)
-        if HAS_PRE_GATE:
-            gated_input *= _load_rows(pre_gate_ptr, row, channel, positions, mask, pre_stride_b, pre_stride_h)
-        out = conv + skip * gated_input
-        if HAS_POST_GATE:
-            out *= _load_rows(post_gate_ptr, row, channel, positions, mask, post_stride_b, post_stride_h)
-        _store_rows(out_ptr, out, row, channel, positions, mask, seq_len * channels, seq_len)
+        gated_input = _load_gated_input(
+            u_ptr, pre_gate_ptr, row, channel, positions, mask, u_stride_b, u_stride_h, pre_stride_b, pre_stride_h,
+            HAS_PRE_GATE,
+        )
+        _store_gated_output(
+            out_ptr, post_gate_ptr, conv, skip, gated_input, row, channel, positions, mask, channels, seq_len,
+            post_stride_b, post_stride_h, HAS_POST_GATE,
+        )
 
 
 @triton.jit
