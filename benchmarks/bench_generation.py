@@ -28,6 +28,7 @@ from timing import measured_on, median_seconds
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import m2_hf
+from m2_hf.modeling.transformers_compat import output_cache
 
 SIZES = {
     "gpt2-small": dict(hidden=768, layers=12, heads=12, vocab=50257, filter_order=128),
@@ -88,8 +89,8 @@ def decode_step_seconds(model, length: int, batch: int, steps: int, use_cache: b
     if not use_cache:
         sequence = torch.cat([prompt, token], dim=1)
         return median_seconds(lambda: model(sequence, use_cache=False, logits_to_keep=1), device, 1, steps)
-    cache = model(prompt, use_cache=True, logits_to_keep=1).past_key_values
-    return median_seconds(lambda: model(token, past_key_values=cache, use_cache=True), device, 2, steps)
+    cache = output_cache(model(prompt, use_cache=True, logits_to_keep=1))
+    return median_seconds(lambda: model(token, cache=cache, use_cache=True), device, 2, steps)
 
 
 @torch.no_grad()

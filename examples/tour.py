@@ -70,7 +70,7 @@ from m2_hf.sentence_transformers import save_sentence_transformer  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REVIEWS = REPO_ROOT / "examples" / "data" / "reviews"
-DEFAULT_FIXTURES = Path(os.environ.get("M2_HF_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures" / "original-m2bert"))
+DEFAULT_FIXTURES = Path(os.environ.get("M2_HF_FIXTURES", REPO_ROOT / "tests" / "fixtures" / "original-m2bert"))
 FIXTURE = "m2bert-tiny-80m-layout"
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOUR = "a demonstration model of the m2-hf tour"
@@ -633,7 +633,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=Path,
         default=DEFAULT_FIXTURES,
         help=f"the original-format M2-BERT fixtures, a folder holding {FIXTURE}/ (default: $M2_HF_FIXTURES, else "
-        "shared/fixtures/original-m2bert beside the repository)",
+        "the repository's tests/fixtures/original-m2bert)",
     )
     parser.add_argument("--quick", action="store_true", help="a few training steps each; learning is not checked")
     parser.add_argument("--mlm-steps", type=int, help=f"MLM training steps (default {FULL.mlm_steps})")

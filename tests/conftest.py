@@ -18,7 +18,7 @@ from helpers import FIXTURES, tiny_config  # noqa: E402,F401
 def fixture_dir() -> Path:
     path = FIXTURES / "m2bert-tiny-80m-layout"
     if not path.is_dir():
-        message = f"original-format fixtures not found at {path} (expected ../shared beside the repository)"
+        message = f"original-format fixtures not found at {path} (set M2_HF_FIXTURES to the folder holding them)"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)

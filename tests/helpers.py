@@ -7,9 +7,8 @@ import torch
 
 import m2_hf
 
-FIXTURES = Path(
-    os.environ.get("M2_HF_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "original-m2bert")
-)
+# The original-format M2-BERT checkpoints and their original outputs (tests/fixtures/original-m2bert/README.md).
+FIXTURES = Path(os.environ.get("M2_HF_FIXTURES", Path(__file__).resolve().parent / "fixtures" / "original-m2bert"))
 
 
 def tiny_config(**overrides) -> m2_hf.M2Config:
@@ -52,6 +51,17 @@ def assert_relative_close(actual, expected, rtol):
     assert torch.isfinite(actual).all()
     error = (actual.float() - expected.float()).abs().max().item()
     assert error <= rtol * expected.float().abs().max().item(), f"max error {error}"
+
+
+def activation_checkpointing(enabled: bool = True) -> dict:
+    """The `TrainingArguments` field that switches activation checkpointing: `activation_checkpointing` from
+    transformers 5.23, `gradient_checkpointing` before."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {field.name for field in dataclasses.fields(TrainingArguments)}
+    return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": enabled}
 
 
 def training_args(tmp_path, **overrides):

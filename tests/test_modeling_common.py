@@ -172,6 +172,14 @@ class M2ModelTest(M2CommonTests, unittest.TestCase):
 
     all_model_classes = (M2Model, M2ForMaskedLM, M2ForSequenceClassification, M2ForTokenClassification)
 
+    @unittest.skip(
+        "transformers 5.24+ asks every model whose forward takes `cache` for one with use_cache=True; these encoder "
+        "configurations have none (bidirectional or pad_to_max_length) and refuse it with a ValueError. The cache's "
+        "older name is tested on the causal model in test_causal_lm.py."
+    )
+    def test_bc_cache_name_forward(self):
+        pass
+
 
 class M2OriginalLayoutModelTest(M2ModelTest):
     """The layout of converted M2-BERT checkpoints: a LayerNorm before each mixer, padding as an ordinary token."""

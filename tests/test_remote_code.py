@@ -49,6 +49,13 @@ for job in jobs:
         result = model(**{name: inputs[name] for name in job["inputs"]})
     for name in job["outputs"]:
         outputs[f"{job['name']}.{name}"] = result[name].contiguous()
+    if job.get("generate"):
+        generated = model.generate(
+            **{name: inputs[name] for name in job["inputs"]}, **job["generate"], output_logits=True,
+            return_dict_in_generate=True,
+        )
+        outputs[f"{job['name']}.sequences"] = generated.sequences
+        outputs[f"{job['name']}.step_logits"] = torch.stack(generated.logits, dim=1)
     report[job["name"]] = {
         "class": type(model).__name__,
         "module": type(model).__module__,
@@ -77,7 +84,10 @@ def head_config(class_name: str) -> m2_hf.M2Config:
             image_size=8, patch_size=2, norm_position="pre", type_vocab_size=0, num_labels=3, kernel_backend="torch"
         )
     if class_name == "M2ForCausalLM":
-        return tiny_config(bidirectional=False, norm_position="pre", type_vocab_size=0, kernel_backend="torch")
+        # Weights large enough that a generate() step that lost the cache gives visibly different logits.
+        return tiny_config(
+            bidirectional=False, norm_position="pre", type_vocab_size=0, kernel_backend="torch", initializer_range=0.2
+        )
     return tiny_config(num_labels=3, kernel_backend="torch")
 
 
@@ -88,7 +98,10 @@ def head_inputs(config: m2_hf.M2Config, main_input: str) -> dict[str, torch.Tens
         return {"pixel_values": torch.randn(size, generator=generator)}
     ids = torch.randint(1, config.vocab_size, (2, 12), generator=generator)
     mask = torch.ones_like(ids)
-    mask[1, 9:] = 0
+    if config.bidirectional:
+        mask[1, 9:] = 0
+    else:  # a causal model is prompted with left padding
+        mask[1, :3] = 0
     inputs = {"input_ids": ids, "attention_mask": mask}
     if config.type_vocab_size > 0:
         inputs["token_type_ids"] = (torch.arange(12) >= 6).long().expand(2, -1).contiguous()
@@ -131,15 +144,13 @@ def test_every_head_loads_as_remote_code_without_the_package(tmp_path):
             result = model(**head_input)
         names = [name for name in ("logits", "last_hidden_state", "pooler_output") if result.get(name) is not None]
         expected.update({f"{class_name}.{name}": result[name] for name in names})
-        jobs.append(
-            {
-                "name": class_name,
-                "folder": str(folder),
-                "auto_class": auto_class,
-                "inputs": list(head_input),
-                "outputs": names,
-            }
-        )
+        job = {"name": class_name, "folder": str(folder), "auto_class": auto_class, "inputs": list(head_input)}
+        if class_name == "M2ForCausalLM":  # generate() with the cache, on the transformers release installed
+            job["generate"] = dict(max_new_tokens=6, do_sample=False)
+            generated = model.generate(**head_input, **job["generate"], output_logits=True, return_dict_in_generate=True)
+            expected[f"{class_name}.sequences"] = generated.sequences
+            expected[f"{class_name}.step_logits"] = torch.stack(generated.logits, dim=1)
+        jobs.append({**job, "outputs": names})
 
     outputs, report = run_isolated(jobs, inputs, tmp_path)
 

@@ -12,7 +12,7 @@ from transformers import (
 )
 
 import m2_hf
-from helpers import tiny_config, training_args
+from helpers import activation_checkpointing, tiny_config, training_args
 
 SENTENCES = [
     "the cat sat on the mat.",
@@ -56,7 +56,7 @@ def test_masked_lm_trains_with_collator_and_loss_falls(tmp_path, tokenizer):
 def test_sequence_classification_with_padding_collator_and_grad_accumulation(tmp_path, tokenizer):
     model = m2_hf.M2ForSequenceClassification(small_text_config(tokenizer, num_labels=2))
     dataset = [dict(tokenizer(s), labels=i % 2) for i, s in enumerate(SENTENCES * 2)]
-    args = training_args(tmp_path, gradient_accumulation_steps=2, activation_checkpointing=True)
+    args = training_args(tmp_path, gradient_accumulation_steps=2, **activation_checkpointing())
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=DataCollatorWithPadding(tokenizer))
     trainer.train()
     losses = logged_losses(trainer)

@@ -17,7 +17,7 @@ from transformers import (
 )
 
 import m2_hf
-from helpers import tiny_config, training_args
+from helpers import activation_checkpointing, tiny_config, training_args
 
 PIL = pytest.importorskip("PIL.Image")
 from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil  # noqa: E402
@@ -243,7 +243,7 @@ def test_trainer_fits_a_small_batch(tmp_path):
     torch.manual_seed(0)
     model = m2_hf.M2ForImageClassification(vision_config())
     dataset = [{"pixel_values": torch.randn(3, 8, 8), "labels": i % 3} for i in range(8)]
-    args = training_args(tmp_path, gradient_accumulation_steps=2, max_steps=20, activation_checkpointing=True)
+    args = training_args(tmp_path, gradient_accumulation_steps=2, max_steps=20, **activation_checkpointing())
     trainer = Trainer(model=model, args=args, train_dataset=dataset)
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]

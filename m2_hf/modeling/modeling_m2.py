@@ -34,6 +34,7 @@ from .cache_m2 import M2Cache, M2CacheLayer
 from .configuration_m2 import M2Config
 from .implicit_filter import M2ImplicitFilter, filter_decay_rates, filter_features, filter_positions
 from .monarch_mixer import M2MonarchSequenceMixer, MonarchLinear
+from .transformers_compat import resolve_cache_argument, with_load_defaults
 
 # Activations (`config.hidden_act`) the fused GLU kernel computes, by the kernel's name for them.
 GLU_KERNEL_ACTIVATIONS = {"gelu": "gelu", "silu": "silu", "swish": "silu"}
@@ -268,10 +269,10 @@ class M2Layer(GradientCheckpointingLayer):
         self,
         hidden_states: torch.Tensor,
         padding_mask: torch.Tensor | None = None,
-        past_key_values: M2CacheLayer | None = None,
+        cache: M2CacheLayer | None = None,
     ) -> torch.Tensor:
-        """`past_key_values` is this layer's `M2CacheLayer` when decoding with a cache."""
-        mixed = self.mixer(hidden_states, padding_mask, past_key_values)
+        """`cache` is this layer's `M2CacheLayer` when decoding with a cache."""
+        mixed = self.mixer(hidden_states, padding_mask, cache)
         if self.pre_norm:
             mixed = mixed + hidden_states
         return self.mlp(mixed)
@@ -306,6 +307,12 @@ class M2PreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["M2Layer"]
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, with `use_kernels=False` unless asked otherwise: M2 runs its own
+        kernels, not transformers' hub kernels (which transformers 5.25 turns on by default)."""
+        return super().from_pretrained(*args, **with_load_defaults(kwargs))
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -352,9 +359,14 @@ def _record_hidden_states(hidden_states: torch.Tensor, seq_len: int, recorded: l
 
 @dataclass
 class M2ModelOutput(BaseModelOutputWithPooling):
-    """`BaseModelOutputWithPooling` plus the cache of a causal model (`past_key_values`, None without one)."""
+    """`BaseModelOutputWithPooling` plus the cache of a causal model (`cache`, None without one)."""
 
-    past_key_values: M2Cache | None = None
+    cache: M2Cache | None = None
+
+    @property
+    def past_key_values(self) -> M2Cache | None:
+        """The cache under its name before transformers 5.24."""
+        return self.cache
 
 
 class M2Model(M2PreTrainedModel):
@@ -445,8 +457,9 @@ class M2Model(M2PreTrainedModel):
         position_ids: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
-        past_key_values: M2Cache | None = None,
+        cache: M2Cache | None = None,
         use_cache: bool | None = None,
+        past_key_values: M2Cache | None = None,
         **kwargs,
     ) -> M2ModelOutput:
         r"""
@@ -454,24 +467,35 @@ class M2Model(M2PreTrainedModel):
             1 for real tokens, 0 for padding. With `config.mask_padding` padding is zeroed before every
             convolution and positions count from the first real token; otherwise only mean pooling reads it.
             With a cache it may also cover the cached tokens, `(batch, past + seq_len)`.
-        past_key_values (`M2Cache`, *optional*):
+        cache (`M2Cache`, *optional*):
             The state of the sequence so far (causal models only); the input continues it and it is updated in
             place.
         use_cache (`bool`, *optional*, defaults to `False`):
-            Return an `M2Cache` (a new one when `past_key_values` is None) to continue the sequence later.
+            Return an `M2Cache` (a new one when `cache` is None) to continue the sequence later.
+        past_key_values (`M2Cache`, *optional*):
+            The older name of `cache`, accepted for code written against transformers before 5.24.
         """
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
-        if use_cache and past_key_values is None:
-            past_key_values = M2Cache(self.config)
+        cache = resolve_cache_argument(cache, past_key_values)
+        if self._checkpointing_in_training():
+            if cache is not None:
+                raise ValueError(
+                    "A cache cannot be continued with activation checkpointing in training: the backward pass "
+                    "recomputes each layer, which would extend the cache twice. Call model.eval() or disable "
+                    "activation checkpointing."
+                )
+            use_cache = False
+        if use_cache and cache is None:
+            cache = M2Cache(self.config)
         past_length = 0
-        if past_key_values is not None:
+        if cache is not None:
             if self.config.bidirectional:
                 raise ValueError("A cache needs causal sequence mixers; this config is bidirectional.")
             if self.config.pad_to_max_length:
                 raise ValueError("pad_to_max_length cannot be combined with a cache.")
-            past_length = past_key_values.get_seq_length()
+            past_length = cache.get_seq_length()
             new_length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
             if attention_mask is not None and attention_mask.dim() == 2 and attention_mask.shape[1] > new_length:
                 attention_mask = attention_mask[:, -new_length:]  # the cached part is already accounted for
@@ -496,10 +520,10 @@ class M2Model(M2PreTrainedModel):
                 position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
             else:
                 position_ids = torch.arange(attention_mask.shape[1], device=device).expand(batch, -1)
-            if past_key_values is not None:
-                position_ids = position_ids + past_key_values.position_offsets(batch, device)
-        if past_key_values is not None:
-            past_key_values.record_tokens(attention_mask if masking else torch.ones_like(attention_mask))
+            if cache is not None:
+                position_ids = position_ids + cache.position_offsets(batch, device)
+        if cache is not None:
+            cache.record_tokens(attention_mask if masking else torch.ones_like(attention_mask))
 
         hidden_states = self.embeddings(input_ids, inputs_embeds, token_type_ids, position_ids)
         padding_mask = attention_mask.to(hidden_states.dtype).unsqueeze(1) if masking else None
@@ -507,8 +531,8 @@ class M2Model(M2PreTrainedModel):
         for index, layer in enumerate(self.layers):
             if output_hidden_states:
                 hidden_states = _record_hidden_states(hidden_states, seq_len, all_hidden_states)
-            layer_cache = past_key_values.layers[index] if past_key_values is not None else None
-            hidden_states = layer(hidden_states, padding_mask, past_key_values=layer_cache)
+            layer_cache = cache.layers[index] if cache is not None else None
+            hidden_states = layer(hidden_states, padding_mask, cache=layer_cache)
         if self.final_layernorm is not None:
             hidden_states = self.final_layernorm(hidden_states)
 
@@ -525,8 +549,12 @@ class M2Model(M2PreTrainedModel):
             last_hidden_state=hidden_states,
             pooler_output=pooled_output,
             hidden_states=tuple(all_hidden_states) if all_hidden_states is not None else None,
-            past_key_values=past_key_values,
+            cache=cache,
         )
+
+    def _checkpointing_in_training(self) -> bool:
+        """Whether the layers will be recomputed in the backward pass (activation checkpointing in training)."""
+        return self.training and torch.is_grad_enabled() and any(layer.gradient_checkpointing for layer in self.layers)
 
 
 class M2MaskedLMHeadTransform(nn.Module):

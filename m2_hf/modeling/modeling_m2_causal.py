@@ -30,12 +30,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers import GenerationConfig, GenerationMixin
+from transformers.generation import GenerationMode
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils.generic import can_return_tuple
 
 from .cache_m2 import M2Cache
 from .configuration_m2 import M2Config
 from .modeling_m2 import M2Model, M2PreTrainedModel
+from .transformers_compat import GENERATE_CACHE_KWARG, OUTPUT_CACHE_FIELD, resolve_cache_argument
 
 
 class M2ForCausalLM(M2PreTrainedModel, GenerationMixin):
@@ -47,7 +49,7 @@ class M2ForCausalLM(M2PreTrainedModel, GenerationMixin):
     """
 
     _tied_weights_keys = {"lm_head.weight": "model.embeddings.word_embeddings.weight"}
-    _is_stateful = True  # the cache cannot be rewound, so assisted decoding is unavailable
+    _is_stateful = True  # the cache cannot be rewound (read by transformers before 5.25; see below for later ones)
 
     def __init__(self, config: M2Config):
         if config.bidirectional:
@@ -92,18 +94,21 @@ class M2ForCausalLM(M2PreTrainedModel, GenerationMixin):
                 f"config.filter_max_length). Lower max_new_tokens to at most {limit - input_ids_length}."
             )
 
-    def prepare_inputs_for_generation(
-        self,
-        input_ids: torch.LongTensor,
-        past_key_values: M2Cache | None = None,
-        attention_mask: torch.LongTensor | None = None,
-        use_cache: bool | None = None,
-        **kwargs,
-    ):
-        model_inputs = super().prepare_inputs_for_generation(
-            input_ids, past_key_values=past_key_values, attention_mask=attention_mask, use_cache=use_cache, **kwargs
-        )
-        if use_cache and past_key_values is not None and past_key_values.get_seq_length() > 0:
+    def _validate_generation_mode(self, generation_mode, *args, **kwargs):
+        if generation_mode == GenerationMode.ASSISTED_GENERATION:
+            raise ValueError(
+                "Assisted decoding (assistant_model, prompt_lookup_num_tokens) is not available for M2ForCausalLM: "
+                "it rewinds the cache past rejected draft tokens, and an M2Cache cannot be rewound (its "
+                "short-convolution state keeps only the last short_conv_size - 1 inputs). Generate without an "
+                "assistant."
+            )
+        super()._validate_generation_mode(generation_mode, *args, **kwargs)
+
+    def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, *args, **kwargs):
+        # generate() names the cache GENERATE_CACHE_KWARG, which depends on the transformers release.
+        model_inputs = super().prepare_inputs_for_generation(input_ids, *args, **kwargs)
+        cache = model_inputs.get(GENERATE_CACHE_KWARG)
+        if model_inputs.get("use_cache", True) and cache is not None and cache.get_seq_length() > 0:
             # Generated tokens are real tokens; the prompt's padding is already zeroed in the cache.
             model_inputs["attention_mask"] = None
         return model_inputs
@@ -114,17 +119,18 @@ class M2ForCausalLM(M2PreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        past_key_values: M2Cache | None = None,
+        cache: M2Cache | None = None,
         use_cache: bool | None = None,
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         output_hidden_states: bool | None = None,
+        past_key_values: M2Cache | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         r"""
         attention_mask (`torch.Tensor` of shape `(batch, seq_len)`, *optional*):
             1 for real tokens, 0 for (left) padding, which is zeroed before every convolution.
-        past_key_values (`M2Cache`, *optional*):
+        cache (`M2Cache`, *optional*):
             The cache returned by an earlier call; the input continues that sequence.
         use_cache (`bool`, *optional*):
             Return a cache; defaults to `config.use_cache` in eval mode and to False in training.
@@ -132,7 +138,13 @@ class M2ForCausalLM(M2PreTrainedModel, GenerationMixin):
             Next-token targets, usually the input ids (the loss shifts them); -100 is ignored.
         logits_to_keep (`int` or `torch.Tensor`, defaults to 0):
             Compute logits for the last `logits_to_keep` positions only (0: all), or for the given indices.
+        past_key_values (`M2Cache`, *optional*):
+            The older name of `cache`, which transformers before 5.24 pass from `generate()`.
+
+        The output holds the cache as `cache` from transformers 5.24 on and as `past_key_values` before, the name
+        each release's `generate()` reads.
         """
+        cache = resolve_cache_argument(cache, past_key_values)
         if use_cache is None:
             use_cache = self.config.use_cache and not self.training
         outputs = self.model(
@@ -140,7 +152,7 @@ class M2ForCausalLM(M2PreTrainedModel, GenerationMixin):
             attention_mask=attention_mask,
             inputs_embeds=inputs_embeds,
             output_hidden_states=output_hidden_states,
-            past_key_values=past_key_values,
+            cache=cache,
             use_cache=use_cache,
             return_dict=True,
         )
@@ -151,8 +163,5 @@ class M2ForCausalLM(M2PreTrainedModel, GenerationMixin):
         if labels is not None:
             loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
         return CausalLMOutputWithPast(
-            loss=loss,
-            logits=logits,
-            past_key_values=outputs.past_key_values,
-            hidden_states=outputs.hidden_states,
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, **{OUTPUT_CACHE_FIELD: outputs.cache}
         )
