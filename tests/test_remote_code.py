@@ -45,15 +45,13 @@ outputs, report = {}, {}
 for job in jobs:
     auto_class = getattr(transformers, job["auto_class"])
     model = auto_class.from_pretrained(job["folder"], trust_remote_code=True, dtype=torch.float32).eval()
+    job_inputs = {name: inputs[f"{job['name']}.{name}"] for name in job["inputs"]}
     with torch.no_grad():
-        result = model(**{name: inputs[name] for name in job["inputs"]})
+        result = model(**job_inputs)
     for name in job["outputs"]:
         outputs[f"{job['name']}.{name}"] = result[name].contiguous()
     if job.get("generate"):
-        generated = model.generate(
-            **{name: inputs[name] for name in job["inputs"]}, **job["generate"], output_logits=True,
-            return_dict_in_generate=True,
-        )
+        generated = model.generate(**job_inputs, **job["generate"], output_logits=True, return_dict_in_generate=True)
         outputs[f"{job['name']}.sequences"] = generated.sequences
         outputs[f"{job['name']}.step_logits"] = torch.stack(generated.logits, dim=1)
     report[job["name"]] = {
@@ -139,7 +137,7 @@ def test_every_head_loads_as_remote_code_without_the_package(tmp_path):
         model.save_pretrained(folder)
         export_remote_code(folder)
         head_input = head_inputs(config, model.main_input_name)
-        inputs.update(head_input)
+        inputs.update({f"{class_name}.{name}": value for name, value in head_input.items()})
         with torch.no_grad():
             result = model(**head_input)
         names = [name for name in ("logits", "last_hidden_state", "pooler_output") if result.get(name) is not None]
