@@ -191,6 +191,17 @@ def test_mean_pooling_needs_no_cls_position_and_may_be_causal():
     assert model(random_pixels()).logits.shape == (2, 3)
 
 
+def load_auto_image_processor(path):
+    """`AutoImageProcessor.from_pretrained(path)`; skips where the installed transformers offers AutoImageProcessor
+    only with torchvision (5.17 does), which PyPI does not build for the CPU torch the tests install."""
+    try:
+        return AutoImageProcessor.from_pretrained(path)
+    except ImportError as error:
+        if "Torchvision" not in str(error):
+            raise
+        pytest.skip("this transformers release's AutoImageProcessor needs torchvision, which is not installed")
+
+
 def test_save_and_reload_with_auto_classes(tmp_path):
     model = m2_hf.M2ForImageClassification(vision_config()).eval()
     processor = image_processor()
@@ -198,17 +209,17 @@ def test_save_and_reload_with_auto_classes(tmp_path):
     processor.save_pretrained(tmp_path)
 
     reloaded = AutoModelForImageClassification.from_pretrained(tmp_path).eval()
-    reloaded_processor = AutoImageProcessor.from_pretrained(tmp_path)
     assert type(reloaded) is m2_hf.M2ForImageClassification
-    assert reloaded_processor.size == {"height": 8, "width": 8}
     image = random_image()
     pixels = processor(image, return_tensors="pt").pixel_values
-    torch.testing.assert_close(reloaded_processor(image, return_tensors="pt").pixel_values, pixels)
     with torch.no_grad():
         torch.testing.assert_close(reloaded(pixels).logits, model(pixels).logits)
         backbone = m2_hf.M2VisionModel.from_pretrained(tmp_path).eval()
         torch.testing.assert_close(backbone(pixels).pooler_output, model.model(pixels).pooler_output)
     assert type(AutoModel.from_config(model.config)) is m2_hf.M2Model  # AutoModel stays the text encoder
+    reloaded_processor = load_auto_image_processor(tmp_path)
+    assert reloaded_processor.size == {"height": 8, "width": 8}
+    torch.testing.assert_close(reloaded_processor(image, return_tensors="pt").pixel_values, pixels)
 
 
 def test_image_processor_is_registered_for_m2_config(tmp_path):
@@ -219,7 +230,7 @@ def test_image_processor_is_registered_for_m2_config(tmp_path):
     fields = json.loads(path.read_text())
     del fields["image_processor_type"]
     path.write_text(json.dumps(fields))
-    loaded = AutoImageProcessor.from_pretrained(tmp_path)
+    loaded = load_auto_image_processor(tmp_path)
     assert type(loaded).__name__.startswith("ViTImageProcessor")
     assert loaded.size == {"height": 8, "width": 8}
 

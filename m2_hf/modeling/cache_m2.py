@@ -187,6 +187,14 @@ class M2Cache(Cache):
         super().__init__(layers=[M2CacheLayer(config) for _ in range(config.num_hidden_layers)])
         self.real_token_counts: torch.Tensor | None = None  # [B]
 
+    def check_batch_size(self, batch: int) -> None:
+        """Refuse an input whose batch size differs from the sequences the cache holds."""
+        if self.real_token_counts is not None and self.real_token_counts.shape[0] != batch:
+            raise ValueError(
+                f"The cache holds {self.real_token_counts.shape[0]} sequences, the input {batch}: continue a cache "
+                "with the batch it was built for (reorder or select its rows first, e.g. cache.batch_select_indices)."
+            )
+
     def position_offsets(self, batch: int, device: torch.device) -> torch.Tensor:
         """Real tokens seen in each row so far, `[B, 1]`."""
         if self.real_token_counts is None:

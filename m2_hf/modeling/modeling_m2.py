@@ -292,8 +292,9 @@ class M2Pooler(nn.Module):
             if mask is None:
                 pooled = hidden_states.mean(dim=1)
             else:
+                # A row without real tokens pools zeros: its count is clamped, as in sentence-transformers.
                 weights = mask.to(hidden_states.dtype).unsqueeze(-1)
-                pooled = (hidden_states * weights).sum(dim=1) / weights.sum(dim=1)
+                pooled = (hidden_states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
         elif first_index is None:
             pooled = hidden_states[:, 0]
         else:
@@ -343,6 +344,22 @@ def _check_ids(name: str, ids: torch.Tensor, upper: int, error: type[Exception])
         raise error(f"{name} must be in [0, {upper}), got values in [{low}, {high}].")
 
 
+def _check_mask(mask: torch.Tensor) -> None:
+    """A mask is bool, or integers/floats that are all 0 or 1."""
+    if mask.dtype == torch.bool:
+        return
+    if mask.is_complex():
+        raise ValueError(f"attention_mask must be a bool, integer or float tensor, got dtype {mask.dtype}.")
+    if torch.compiler.is_compiling():
+        return
+    other = mask[(mask != 0) & (mask != 1)]
+    if other.numel():
+        raise ValueError(
+            "attention_mask must hold only 0 and 1 (1 for real tokens, 0 for padding) or be a bool tensor, got "
+            f"{other.flatten()[0].item()}."
+        )
+
+
 def _record_hidden_states(hidden_states: torch.Tensor, seq_len: int, recorded: list) -> torch.Tensor:
     """Append `hidden_states` cut to the input length `seq_len` to `recorded`; return the states to go on with.
 
@@ -388,13 +405,13 @@ class M2Model(M2PreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embeddings.word_embeddings = value
 
-    def _validate_inputs(self, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids, past_length=0):
+    def _input_shape(self, input_ids, inputs_embeds) -> tuple[int, int]:
+        """`(batch, seq_len)` of the input, checked before anything else reads it."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids and inputs_embeds.")
         if input_ids is not None:
             if input_ids.dim() != 2:
                 raise ValueError(f"input_ids must have shape (batch, seq_len), got {tuple(input_ids.shape)}.")
-            _check_ids("input_ids", input_ids, self.config.vocab_size, IndexError)
             shape = tuple(input_ids.shape)
         else:
             if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.hidden_size:
@@ -403,6 +420,14 @@ class M2Model(M2PreTrainedModel):
                     f"got {tuple(inputs_embeds.shape)}."
                 )
             shape = tuple(inputs_embeds.shape[:2])
+        if shape[0] == 0:
+            raise ValueError("The input is an empty batch (batch size 0).")
+        return shape
+
+    def _validate_inputs(self, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids, past_length=0):
+        shape = self._input_shape(input_ids, inputs_embeds)
+        if input_ids is not None:
+            _check_ids("input_ids", input_ids, self.config.vocab_size, IndexError)
         for name, tensor in (
             ("attention_mask", attention_mask),
             ("token_type_ids", token_type_ids),
@@ -410,6 +435,8 @@ class M2Model(M2PreTrainedModel):
         ):
             if tensor is not None and tuple(tensor.shape) != shape:
                 raise ValueError(f"{name} must have the shape of the input, {shape}, got {tuple(tensor.shape)}.")
+        if attention_mask is not None:
+            _check_mask(attention_mask)
         if token_type_ids is not None:
             if self.config.type_vocab_size == 0:
                 raise ValueError("token_type_ids were given, but this model has no token types (type_vocab_size=0).")
@@ -487,6 +514,7 @@ class M2Model(M2PreTrainedModel):
                     "activation checkpointing."
                 )
             use_cache = False
+        batch, new_length = self._input_shape(input_ids, inputs_embeds)
         if use_cache and cache is None:
             cache = M2Cache(self.config)
         past_length = 0
@@ -495,8 +523,8 @@ class M2Model(M2PreTrainedModel):
                 raise ValueError("A cache needs causal sequence mixers; this config is bidirectional.")
             if self.config.pad_to_max_length:
                 raise ValueError("pad_to_max_length cannot be combined with a cache.")
+            cache.check_batch_size(batch)
             past_length = cache.get_seq_length()
-            new_length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
             if attention_mask is not None and attention_mask.dim() == 2 and attention_mask.shape[1] > new_length:
                 attention_mask = attention_mask[:, -new_length:]  # the cached part is already accounted for
         batch, seq_len = self._validate_inputs(

@@ -118,6 +118,7 @@ class M2ForCausalLM(M2PreTrainedModel, GenerationMixin):
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         cache: M2Cache | None = None,
         use_cache: bool | None = None,
@@ -130,6 +131,8 @@ class M2ForCausalLM(M2PreTrainedModel, GenerationMixin):
         r"""
         attention_mask (`torch.Tensor` of shape `(batch, seq_len)`, *optional*):
             1 for real tokens, 0 for (left) padding, which is zeroed before every convolution.
+        token_type_ids (`torch.LongTensor` of shape `(batch, seq_len)`, *optional*):
+            Token types, for configs with `type_vocab_size > 0` (refused otherwise, as by every head).
         cache (`M2Cache`, *optional*):
             The cache returned by an earlier call; the input continues that sequence.
         use_cache (`bool`, *optional*):
@@ -145,11 +148,18 @@ class M2ForCausalLM(M2PreTrainedModel, GenerationMixin):
         each release's `generate()` reads.
         """
         cache = resolve_cache_argument(cache, past_key_values)
+        reference = input_ids if input_ids is not None else inputs_embeds
+        if labels is not None and reference is not None and reference.dim() >= 2:
+            if tuple(labels.shape) != tuple(reference.shape[:2]):
+                raise ValueError(
+                    f"labels must have the shape of the input, {tuple(reference.shape[:2])}, got {tuple(labels.shape)}."
+                )
         if use_cache is None:
             use_cache = self.config.use_cache and not self.training
         outputs = self.model(
             input_ids,
             attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
             inputs_embeds=inputs_embeds,
             output_hidden_states=output_hidden_states,
             cache=cache,

@@ -101,6 +101,8 @@ class M2PatchEmbeddings(nn.Module):
                 "pixel_values must have shape (batch, num_channels, height, width), "
                 f"got {tuple(pixel_values.shape)}."
             )
+        if pixel_values.shape[0] == 0:
+            raise ValueError("pixel_values are an empty batch (batch size 0).")
         channels, height, width = pixel_values.shape[1:]
         if channels != self.num_channels:
             raise ValueError(
