@@ -28,7 +28,15 @@ MIN_CAPACITY = 64
 
 
 class M2CacheLayer(CacheLayerMixin):
-    """One M2 layer's cache: the short-convolution state and the long-convolution input histories."""
+    """One M2 layer's cache: the short-convolution state and the long-convolution input histories.
+
+    Its public state is `short_conv_state` `[B, 3H, K - 1]` (the last `K - 1` projected mixer inputs) and
+    `long_conv_inputs`, one `[B, H, seq_length]` history per long convolution (two with `residual_long_conv`).
+    It has no attention `keys`/`values`, and it is not one of transformers' linear-attention layers either: those
+    keep a fixed-size convolution window and a recurrent state, while an implicit long filter has no recurrent
+    form and needs the whole history. transformers' generation tests that read keys, values or fixed-size states
+    therefore do not apply; `tests/test_cache_contract.py` checks the same properties through this layout.
+    """
 
     is_compileable = False
     is_croppable = False
@@ -53,6 +61,11 @@ class M2CacheLayer(CacheLayerMixin):
             torch.zeros(batch, hidden, 0, dtype=self.dtype, device=self.device) for _ in range(count)
         ]
         self.is_initialized = True
+
+    @property
+    def long_conv_inputs(self) -> tuple[torch.Tensor, ...]:
+        """The history of each long convolution's input, `[B, H, seq_length]` (views of the buffers)."""
+        return tuple(history[..., : self.seq_length] for history in self.conv_histories)
 
     @property
     def capacity(self) -> int:
