@@ -18,10 +18,20 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+# Wall time of the first call of every timed function (compilation and autotuning included), kept apart from the
+# measured times; `run_gpu.py` reports their sum per stage.
+FIRST_CALL_SECONDS: list[float] = []
+
+
 def median_seconds(fn, device: torch.device, warmup: int, repeats: int) -> float:
-    """Median wall time of `fn` in seconds, with the device synchronised around every call."""
-    for _ in range(warmup):
+    """Median wall time of `fn` in seconds, with the device synchronised around every call. The first warmup call
+    is timed on its own into `FIRST_CALL_SECONDS`."""
+    for index in range(warmup):
+        start = time.perf_counter()
         fn()
+        if index == 0:
+            synchronize(device)
+            FIRST_CALL_SECONDS.append(time.perf_counter() - start)
     synchronize(device)
     times = []
     for _ in range(repeats):

@@ -142,7 +142,9 @@ INVALID_INPUTS = {
     "empty batch": lambda c: dict(input_ids=torch.zeros(0, 5, dtype=torch.long)),
     "empty sequence": lambda c: dict(input_ids=torch.zeros(2, 0, dtype=torch.long)),
     "too long": lambda c: dict(input_ids=torch.ones(1, MAX_LENGTH + 1, dtype=torch.long)),
-    "mask of another shape": lambda c: dict(input_ids=torch.ones(2, 5, dtype=torch.long), attention_mask=torch.ones(2, 4)),
+    "mask of another shape": lambda c: dict(
+        input_ids=torch.ones(2, 5, dtype=torch.long), attention_mask=torch.ones(2, 4)
+    ),
     "mask value 2": lambda c: dict(input_ids=torch.ones(2, 5, dtype=torch.long), attention_mask=torch.full((2, 5), 2)),
     "mask value 0.5": lambda c: dict(
         input_ids=torch.ones(2, 5, dtype=torch.long), attention_mask=torch.full((2, 5), 0.5)

@@ -21,9 +21,8 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 OUTPUT_CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 # The keyword under which generate() hands the cache to prepare_inputs_for_generation() and forward().
-GENERATE_CACHE_KWARG = (
-    "cache" if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters else "past_key_values"
-)
+_GENERATION_INPUTS = inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
+GENERATE_CACHE_KWARG = "cache" if "cache" in _GENERATION_INPUTS else "past_key_values"
 
 
 def with_load_defaults(kwargs: dict) -> dict:

@@ -14,6 +14,20 @@ import torch
 
 KERNEL_BACKENDS = ("auto", "triton", "torch")
 ENV_VAR = "M2_HF_KERNEL_BACKEND"
+# Autotune over only the first N configs of each kernel's list (a benchmark run in a short GPU window); unset or 0:
+# every config.
+AUTOTUNE_ENV_VAR = "M2_HF_AUTOTUNE_CONFIGS"
+
+
+def autotune_configs(configs: list) -> list:
+    """`configs`, cut to the first `$M2_HF_AUTOTUNE_CONFIGS` entries when that is set (each list starts with the
+    configs expected to be best)."""
+    value = os.environ.get(AUTOTUNE_ENV_VAR, "").strip()
+    if not value:
+        return configs
+    if not value.isdigit():
+        raise ValueError(f"{AUTOTUNE_ENV_VAR} must be a number of configs (0: all), got {value!r}.")
+    return configs[: int(value)] if int(value) > 0 else configs
 
 
 def triton_available() -> bool:

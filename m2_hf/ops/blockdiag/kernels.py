@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from .. import backend
-from ..backend import interpreting
+from ..backend import autotune_configs, interpreting
 
 INTERPRET = interpreting()
 
@@ -58,9 +58,9 @@ _GLU_CONFIGS = [
     ]
 ]
 _INTERPRETER_CONFIG = [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16})]
-MATMUL_CONFIGS = _INTERPRETER_CONFIG if INTERPRET else _MATMUL_CONFIGS
-WEIGHT_GRAD_CONFIGS = _INTERPRETER_CONFIG if INTERPRET else _WEIGHT_GRAD_CONFIGS
-GLU_CONFIGS = _INTERPRETER_CONFIG if INTERPRET else _GLU_CONFIGS
+MATMUL_CONFIGS = _INTERPRETER_CONFIG if INTERPRET else autotune_configs(_MATMUL_CONFIGS)
+WEIGHT_GRAD_CONFIGS = _INTERPRETER_CONFIG if INTERPRET else autotune_configs(_WEIGHT_GRAD_CONFIGS)
+GLU_CONFIGS = _INTERPRETER_CONFIG if INTERPRET else autotune_configs(_GLU_CONFIGS)
 
 
 def _compute_dtype(dtype: torch.dtype):

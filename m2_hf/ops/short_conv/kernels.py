@@ -18,24 +18,28 @@ import triton
 import triton.language as tl
 
 from .. import backend
-from ..backend import interpreting
+from ..backend import autotune_configs, interpreting
 
 INTERPRET = interpreting()
 
 FORWARD_CONFIGS = (
     [triton.Config({"BLOCK_L": 16, "BLOCK_H": 16})]
     if INTERPRET
-    else [
-        triton.Config({"BLOCK_L": bl, "BLOCK_H": bh}, num_warps=warps)
-        for bl, bh, warps in [(64, 64, 4), (128, 64, 4), (32, 128, 4), (64, 128, 8), (128, 128, 8)]
-    ]
+    else autotune_configs(
+        [
+            triton.Config({"BLOCK_L": bl, "BLOCK_H": bh}, num_warps=warps)
+            for bl, bh, warps in [(64, 64, 4), (128, 64, 4), (32, 128, 4), (64, 128, 8), (128, 128, 8)]
+        ]
+    )
 )
 # The backward writes one row of weight-gradient partial sums per sequence tile, so its tile length is fixed.
 BACKWARD_BLOCK_L = 16 if INTERPRET else 64
 BACKWARD_CONFIGS = (
     [triton.Config({"BLOCK_H": 16})]
     if INTERPRET
-    else [triton.Config({"BLOCK_H": bh}, num_warps=warps) for bh, warps in [(32, 4), (64, 4), (128, 4), (128, 8)]]
+    else autotune_configs(
+        [triton.Config({"BLOCK_H": bh}, num_warps=warps) for bh, warps in [(32, 4), (64, 4), (128, 4), (128, 8)]]
+    )
 )
 
 
