@@ -103,8 +103,8 @@ STAGES = (
     Stage(3, "generation-vision", "Generation (M2-GPT vs GPT-2) and vision (M2-ViT-b vs ViT-b/16)", 200, (
         Bench(
             "generation", "bench_generation",
-            ("--dtype", "bfloat16", "--lengths", "128", "4096", "--min-prefill-length", "4096", "--decode-steps", "16",
-             "--repeats", "3"),
+            ("--dtype", "bfloat16", "--lengths", "128", "4096", "--min-prefill-length", "4096", "--decode-steps", "32",
+             "--generate-tokens", "256", "--generate-lengths", "4096", "--repeats", "3"),
             ("--size", "tiny", "--lengths", "16", "32", "--decode-steps", "2", "--prefill-tokens", "64",
              "--min-prefill-length", "32", *SMOKE_CPU),
         ),

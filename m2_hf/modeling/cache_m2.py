@@ -7,10 +7,15 @@ A causal M2 layer needs two things from the past to process a new token:
   because the implicit filter `k` is a general kernel over the whole grid (it has no recurrent form). The cache keeps
   the history of the gated long-convolution input and, with `residual_long_conv`, of the residual one.
 
-A new token then costs `O(t * H)` for the two convolution sums plus the `O(H^2)` projections of one column, instead
-of re-running the prefix. The histories live in buffers that grow by doubling (capped at the filter grid), so
-appending a column is an in-place write. Filter taps are computed once per buffer size and kept, stored reversed so
-that the taps of step `t` are a contiguous slice.
+A decoding step costs the `O(H^2)` projections of one column plus the two convolution outputs. While the sequence
+is short (at most `DIRECT_DECODE_MAX_LENGTH` tokens) each output is one dot product with the reversed filter taps,
+`O(t * H)`. Beyond that the convolutions run online (`online_long_conv.py`): the history so far is pushed into a
+buffer of pending future outputs by one FFT convolution, and each later token costs amortised `O(H log^2 t)`, so
+the per-token time stays flat with the context length. Both give the outputs of a full forward (to float32
+rounding). A chunk of several tokens is convolved over the whole history by FFT and restarts the online part.
+
+The histories live in buffers that grow by doubling (capped at the filter grid), so appending a column is an
+in-place write. Filter taps are computed once and kept.
 
 Histories are kept in float32 (or float64 for a float64 model), the precision of the FFT path, and hold no autograd
 history. Padding columns of left-padded prompts are stored as zeros, as the model zeroes them before every causal
@@ -23,8 +28,13 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from .configuration_m2 import M2Config
+from .online_long_conv import OnlineLongConv
 
 MIN_CAPACITY = 64
+# Decoding steps within the first this many tokens read the history directly (a dot product is cheaper than the
+# online convolution's FFT bookkeeping there); later steps convolve online. Measured crossover on CPU:
+# benchmarks/results/generation-cpu.md.
+DIRECT_DECODE_MAX_LENGTH = 256
 
 
 class M2CacheLayer(CacheLayerMixin):
@@ -50,6 +60,8 @@ class M2CacheLayer(CacheLayerMixin):
         self.short_conv_state: torch.Tensor | None = None  # [B, 3H, K - 1]
         self.conv_histories: list[torch.Tensor] = []  # each [B, H, capacity]
         self.reversed_taps: dict[str, torch.Tensor] = {}  # name -> [H, taps_length], reversed filter taps
+        self.grid_taps: dict[str, torch.Tensor] = {}  # name -> [H, max_length], the taps over the whole grid
+        self.online: dict[str, OnlineLongConv] = {}  # name -> the online convolution, once started
 
     def lazy_initialization(self, gated_input: torch.Tensor, residual_input: torch.Tensor | None) -> None:
         batch, hidden, _ = gated_input.shape
@@ -110,6 +122,8 @@ class M2CacheLayer(CacheLayerMixin):
         if new_length > self.capacity:
             self._grow(new_length)
         inputs = [gated_input] if residual_input is None else [gated_input, residual_input]
+        if gated_input.shape[-1] > 1:
+            self.online.clear()  # a chunk is convolved by FFT over the whole history; steps after it restart online
         for history, new in zip(self.conv_histories, inputs):
             history[..., self.seq_length : new_length] = new.detach()
         self.seq_length = new_length
@@ -125,9 +139,25 @@ class M2CacheLayer(CacheLayerMixin):
         if taps is None or taps.shape[-1] < length:
             taps_length = min(self.max_length, max(length, self.capacity))
             forward_filter, _ = implicit_filter.filters(taps_length)
-            taps = forward_filter.to(self.dtype).flip(-1)
+            taps = forward_filter.detach().to(self.dtype).flip(-1)
             self.reversed_taps[name] = taps
         return taps[:, taps.shape[-1] - length :]
+
+    def long_conv_step(self, name: str, implicit_filter: torch.nn.Module, history: torch.Tensor) -> torch.Tensor:
+        """The long convolution with skip term, `y[t] = sum_j k[t - j] s[j] + D s[t]`, `[B, H, 1]`, for the newest
+        column of `history` `[B, H, t + 1]`: a dot product while the sequence is short, online beyond."""
+        total = history.shape[-1]
+        skip = implicit_filter.skip.to(history.dtype) * history[..., -1]
+        online = self.online.get(name)
+        if online is None and total <= DIRECT_DECODE_MAX_LENGTH:
+            taps = self.filter_taps(name, implicit_filter, total)
+            return (torch.einsum("bht,ht->bh", history, taps) + skip)[..., None]
+        if online is None:
+            taps = self.grid_taps.get(name)
+            if taps is None:
+                taps = self.grid_taps[name] = implicit_filter.filters(self.max_length)[0].detach().to(self.dtype)
+            online = self.online[name] = OnlineLongConv(taps, history[..., :-1])
+        return (online.step(history) + skip)[..., None]
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         raise NotImplementedError(
@@ -149,6 +179,8 @@ class M2CacheLayer(CacheLayerMixin):
         if self.short_conv_state is not None:
             self.short_conv_state = select(self.short_conv_state)
         self.conv_histories = [select(history) for history in self.conv_histories]
+        for online in self.online.values():
+            online.map_batch(select)
         if self.conv_histories:
             self.batch_size = self.conv_histories[0].shape[0]
 
@@ -171,6 +203,7 @@ class M2CacheLayer(CacheLayerMixin):
 
     def reset(self) -> None:
         self.seq_length = 0
+        self.online.clear()
         if self.short_conv_state is not None:
             self.short_conv_state.zero_()
         for history in self.conv_histories:

@@ -205,10 +205,7 @@ class M2LongConvMixer(nn.Module):
         """Long convolution outputs `[B, H, seq_len]` for the last `seq_len` columns of `history` `[B, H, T]`."""
         total = history.shape[-1]
         if cache is not None and seq_len == 1 and total > 1:
-            # One decoding step: y[t] = sum_j k[t - j] s[j] + D s[t], a dot product with the reversed taps.
-            taps = cache.filter_taps(name, implicit_filter, total)
-            step = torch.einsum("bht,ht->bh", history, taps) + implicit_filter.skip.to(history.dtype) * history[..., -1]
-            return step[..., None]
+            return cache.long_conv_step(name, implicit_filter, history)  # one decoding step
         return gated_long_conv(history, implicit_filter.spectrum(total), implicit_filter.skip)[..., total - seq_len :]
 
 

@@ -20,8 +20,9 @@ over implicit filters `k` (FFT size `2L`, zero padding). Design choices:
   the first real token, through the cache. The limit is the filter grid, `config.filter_max_length`.
 - **No token types** (`type_vocab_size=0`) and an output layer tied to the word embeddings.
 
-Generation keeps an `M2Cache` (see `cache_m2.py`): a new token costs `O(t * H)` for the convolution sums and
-`O(H^2)` for the projections instead of a pass over the prefix. Left padding is zeroed before every causal
+Generation keeps an `M2Cache` (see `cache_m2.py`): a new token costs `O(H^2)` for the projections and, for the
+long convolutions, a dot product with the history while it is short and amortised `O(H log^2 t)` beyond (online
+convolution, `online_long_conv.py`), instead of a pass over the prefix. Left padding is zeroed before every causal
 convolution, so a padded row generates what the unpadded prompt would.
 """
 
