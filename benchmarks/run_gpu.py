@@ -143,25 +143,10 @@ def stages_within(stages, budget_s: float | None, elapsed_s: float = 0.0) -> lis
 
 def provenance(smoke: bool) -> dict:
     import torch
-    import transformers
+    import timing
 
-    import m2_hf
-
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = "none"
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() and not smoke else "none (CPU smoke run)"
-    return {
-        "date": datetime.date.today().isoformat(),
-        "gpu": gpu,
-        "torch": torch.__version__,
-        "triton": triton_version,
-        "transformers": transformers.__version__,
-        "m2_hf": m2_hf.__version__,
-    }
+    return {"date": datetime.date.today().isoformat(), "gpu": gpu, **timing.versions()}
 
 
 def run_tests(step: Tests, smoke: bool, output: Path, stem: str) -> dict:

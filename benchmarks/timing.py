@@ -42,19 +42,30 @@ def median_seconds(fn, device: torch.device, warmup: int, repeats: int) -> float
     return statistics.median(times)
 
 
-def measured_on(device: torch.device) -> str:
-    """`Measured <date> on <device>, torch ..., triton ..., transformers ..., m2-hf ...`."""
-    if device.type == "cuda":
-        name = f"{torch.cuda.get_device_name(device)} (cuda)"
-    else:
-        name = f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+def versions() -> dict[str, str]:
+    """The versions of torch, triton ("none" without it), transformers and m2-hf."""
     try:
         import triton
 
         triton_version = triton.__version__
     except ImportError:
         triton_version = "none"
+    return {
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "transformers": transformers.__version__,
+        "m2_hf": m2_hf.__version__,
+    }
+
+
+def measured_on(device: torch.device) -> str:
+    """`Measured <date> on <device>, torch ..., triton ..., transformers ..., m2-hf ...`."""
+    if device.type == "cuda":
+        name = f"{torch.cuda.get_device_name(device)} (cuda)"
+    else:
+        name = f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    found = versions()
     return (
-        f"Measured {datetime.date.today().isoformat()} on {name}, torch {torch.__version__}, triton {triton_version}, "
-        f"transformers {transformers.__version__}, m2-hf {m2_hf.__version__}"
+        f"Measured {datetime.date.today().isoformat()} on {name}, torch {found['torch']}, triton {found['triton']}, "
+        f"transformers {found['transformers']}, m2-hf {found['m2_hf']}"
     )

@@ -26,6 +26,23 @@ def tiny_config(**overrides) -> m2_hf.M2Config:
     return m2_hf.M2Config(**fields)
 
 
+def causal_config(**overrides) -> m2_hf.M2Config:
+    """`tiny_config` in M2-GPT's layout: causal mixers, pre-norm blocks, no position table, no token types."""
+    fields = dict(bidirectional=False, norm_position="pre", use_position_embeddings=False, type_vocab_size=0)
+    return tiny_config(**{**fields, **overrides})
+
+
+def left_padded(sequences, pad=0):
+    """Token-id rows `sequences` left-padded to one width: `(ids, attention_mask)`."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, seq in enumerate(sequences):
+        ids[row, width - len(seq) :] = seq
+        mask[row, width - len(seq) :] = 1
+    return ids, mask
+
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 

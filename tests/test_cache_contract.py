@@ -8,7 +8,7 @@ import torch
 from transformers.cache_utils import Cache
 
 import m2_hf
-from helpers import tiny_config
+from helpers import causal_config
 from m2_hf.modeling.cache_m2 import M2Cache, M2CacheLayer
 from m2_hf.modeling.transformers_compat import output_cache
 
@@ -16,11 +16,8 @@ HIDDEN, SHORT_CONV = 32, 3
 
 
 def causal_model(**overrides):
-    fields = dict(
-        bidirectional=False, norm_position="pre", use_position_embeddings=False, type_vocab_size=0,
-        max_position_embeddings=48, short_conv_size=SHORT_CONV,
-    )
-    return m2_hf.M2ForCausalLM(tiny_config(**{**fields, **overrides})).eval()
+    fields = dict(max_position_embeddings=48, short_conv_size=SHORT_CONV)
+    return m2_hf.M2ForCausalLM(causal_config(**{**fields, **overrides})).eval()
 
 
 def assert_layout(cache, batch: int, length: int, long_convs: int = 2):

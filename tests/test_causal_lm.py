@@ -12,7 +12,7 @@ from transformers import (
 )
 
 import m2_hf
-from helpers import activation_checkpointing, tiny_config
+from helpers import activation_checkpointing, causal_config, left_padded, tiny_config
 from m2_hf.modeling.cache_m2 import M2Cache
 from m2_hf.modeling.transformers_compat import GENERATE_CACHE_KWARG, output_cache
 
@@ -20,29 +20,11 @@ BACKENDS = ["torch", "triton"]
 
 
 def gpt_config(**overrides):
-    fields = dict(
-        bidirectional=False,
-        norm_position="pre",
-        use_position_embeddings=False,
-        type_vocab_size=0,
-        max_position_embeddings=48,
-    )
-    fields.update(overrides)
-    return tiny_config(**fields)
+    return causal_config(**{"max_position_embeddings": 48, **overrides})
 
 
 def gpt_model(**overrides):
     return m2_hf.M2ForCausalLM(gpt_config(**overrides)).eval()
-
-
-def left_padded(sequences, pad=0):
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, seq in enumerate(sequences):
-        ids[row, width - len(seq) :] = seq
-        mask[row, width - len(seq) :] = 1
-    return ids, mask
 
 
 # ---------------------------------------------------------------- causality

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import m2_hf
-from helpers import tiny_config
+from helpers import causal_config, left_padded
 from m2_hf.modeling import cache_m2
 from m2_hf.modeling.online_long_conv import DIRECT_BLOCK_MAX, OnlineLongConv
 from m2_hf.modeling.transformers_compat import output_cache
@@ -52,21 +52,12 @@ def online_decoding(request, monkeypatch):
 
 
 def gpt_model(**overrides):
-    fields = dict(
-        bidirectional=False, norm_position="pre", use_position_embeddings=False, type_vocab_size=0,
-        max_position_embeddings=96, initializer_range=0.2,
-    )
-    return m2_hf.M2ForCausalLM(tiny_config(**{**fields, **overrides})).eval()
+    fields = dict(max_position_embeddings=96, initializer_range=0.2)
+    return m2_hf.M2ForCausalLM(causal_config(**{**fields, **overrides})).eval()
 
 
-def left_padded(lengths, vocab=99):
-    width = max(lengths)
-    ids = torch.zeros(len(lengths), width, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, length in enumerate(lengths):
-        ids[row, width - length :] = torch.randint(1, vocab, (length,))
-        mask[row, width - length :] = 1
-    return ids, mask
+def random_left_padded(lengths):
+    return left_padded([torch.randint(1, 99, (length,)) for length in lengths])
 
 
 @pytest.mark.parametrize("residual", [True, False], ids=["residual-conv", "no-residual-conv"])
@@ -85,7 +76,7 @@ def test_stepwise_logits_equal_a_full_forward(online_decoding, residual):
 
 def test_greedy_generation_to_the_end_of_the_grid_with_left_padding(online_decoding):
     model = gpt_model()
-    ids, mask = left_padded([12, 5, 8])
+    ids, mask = random_left_padded([12, 5, 8])
     new = 96 - ids.shape[1]
     out = model.generate(
         input_ids=ids, attention_mask=mask, max_new_tokens=new, do_sample=False, output_logits=True,
@@ -100,7 +91,7 @@ def test_greedy_generation_to_the_end_of_the_grid_with_left_padding(online_decod
 
 def test_beam_search_on_the_online_path_scores_like_a_full_forward(online_decoding):
     model = gpt_model()
-    ids, mask = left_padded([10, 6])
+    ids, mask = random_left_padded([10, 6])
     out = model.generate(
         input_ids=ids, attention_mask=mask, max_new_tokens=40, num_beams=3, num_return_sequences=2,
         do_sample=False, length_penalty=0.0, output_scores=True, return_dict_in_generate=True,

@@ -5,15 +5,10 @@ import pytest
 import torch
 
 import m2_hf
-from helpers import tiny_config
+from helpers import causal_config, tiny_config
 from m2_hf.modeling.transformers_compat import output_cache
 
 TEXT_HEADS = [m2_hf.M2Model, m2_hf.M2ForMaskedLM, m2_hf.M2ForSequenceClassification, m2_hf.M2ForTokenClassification]
-
-
-def causal_config(**overrides):
-    fields = dict(bidirectional=False, norm_position="pre", use_position_embeddings=False, type_vocab_size=0)
-    return tiny_config(**{**fields, **overrides})
 
 
 def ids(batch, length):

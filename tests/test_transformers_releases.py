@@ -12,14 +12,12 @@ import torch
 from transformers import AutoModel, PreTrainedModel
 
 import m2_hf
-from helpers import tiny_config
+from helpers import causal_config, tiny_config
 from m2_hf.modeling.transformers_compat import GENERATE_CACHE_KWARG, output_cache
 
 
 def causal_model():
-    return m2_hf.M2ForCausalLM(
-        tiny_config(bidirectional=False, norm_position="pre", use_position_embeddings=False, type_vocab_size=0)
-    ).eval()
+    return m2_hf.M2ForCausalLM(causal_config()).eval()
 
 
 def test_generate_carries_the_cache_of_the_output_to_the_next_step():

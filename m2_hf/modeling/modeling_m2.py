@@ -341,6 +341,12 @@ def _check_ids(name: str, ids: torch.Tensor, upper: int, error: type[Exception])
         raise error(f"{name} must be in [0, {upper}), got values in [{low}, {high}].")
 
 
+def check_label_shape(labels: torch.Tensor | None, shape) -> None:
+    """Per-token labels must have the input's `(batch, seq_len)` shape."""
+    if labels is not None and tuple(labels.shape) != tuple(shape):
+        raise ValueError(f"labels must have the shape of the input, {tuple(shape)}, got {tuple(labels.shape)}.")
+
+
 def _check_mask(mask: torch.Tensor) -> None:
     """A mask is bool, or integers/floats that are all 0 or 1."""
     if mask.dtype == torch.bool:
@@ -638,10 +644,7 @@ class M2ForMaskedLM(M2PreTrainedModel):
             return_dict=True,
         )
         hidden_states = outputs.last_hidden_state
-        if labels is not None and tuple(labels.shape) != tuple(hidden_states.shape[:2]):
-            raise ValueError(
-                f"labels must have the shape of the input, {tuple(hidden_states.shape[:2])}, got {tuple(labels.shape)}."
-            )
+        check_label_shape(labels, hidden_states.shape[:2])
         if labels is not None and self.config.sparse_prediction:
             labelled = labels.reshape(-1) != -100
             hidden_states = hidden_states.reshape(-1, hidden_states.shape[-1])[labelled]
@@ -738,9 +741,6 @@ class M2ForTokenClassification(M2PreTrainedModel):
         logits = self.classifier(self.dropout(outputs.last_hidden_state))
         loss = None
         if labels is not None:
-            if tuple(labels.shape) != tuple(logits.shape[:2]):
-                raise ValueError(
-                    f"labels must have the shape of the input, {tuple(logits.shape[:2])}, got {tuple(labels.shape)}."
-                )
+            check_label_shape(labels, logits.shape[:2])
             loss = self.loss_function(logits, labels, self.config, **kwargs)
         return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)

@@ -37,7 +37,7 @@ from transformers.utils.generic import can_return_tuple
 
 from .cache_m2 import M2Cache
 from .configuration_m2 import M2Config
-from .modeling_m2 import M2Model, M2PreTrainedModel
+from .modeling_m2 import M2Model, M2PreTrainedModel, check_label_shape
 from .transformers_compat import GENERATE_CACHE_KWARG, OUTPUT_CACHE_FIELD, resolve_cache_argument
 
 
@@ -150,11 +150,8 @@ class M2ForCausalLM(M2PreTrainedModel, GenerationMixin):
         """
         cache = resolve_cache_argument(cache, past_key_values)
         reference = input_ids if input_ids is not None else inputs_embeds
-        if labels is not None and reference is not None and reference.dim() >= 2:
-            if tuple(labels.shape) != tuple(reference.shape[:2]):
-                raise ValueError(
-                    f"labels must have the shape of the input, {tuple(reference.shape[:2])}, got {tuple(labels.shape)}."
-                )
+        if reference is not None and reference.dim() >= 2:  # checked before the cache is extended
+            check_label_shape(labels, reference.shape[:2])
         if use_cache is None:
             use_cache = self.config.use_cache and not self.training
         outputs = self.model(
