@@ -1,5 +1,6 @@
 """Fused gated long convolution (Triton, run by the CPU interpreter) against the torch.fft reference."""
 
+import importlib
 
 import pytest
 import torch
@@ -20,6 +21,8 @@ from m2_hf.ops.long_conv import (
     triton_long_conv,
     triton_long_conv_radix,
 )
+
+gated_long_conv_module = importlib.import_module("m2_hf.ops.long_conv.gated_long_conv")
 
 # dense DFT (N = 16, 32, 128), two Monarch factors (16x16, 16x32, 32x32, 64x64); odd and non-power-of-two lengths
 LENGTHS = [7, 16, 33, 64, 100, 200, 300]
@@ -210,23 +213,36 @@ def test_radix_step_at_real_plan_sizes_fp32(seq_len, radix):
     check_against_reference(make_inputs(1, 1, seq_len, bidirectional=True, gated=True), rtol=1e-5)
 
 
-def test_lengths_beyond_the_radix_plans_fall_back_to_torch(monkeypatch):
+def test_lengths_beyond_the_radix_plans_fall_back_to_torch_under_auto(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the fused kernel must not run for this call")
 
     monkeypatch.setattr(triton_long_conv, "gated_long_conv_fwd_triton", refuse)
     monkeypatch.setattr(triton_long_conv_radix, "gated_long_conv_fwd_radix", refuse)
+    # "auto" as on a CUDA tensor: the kernels would run if they covered the call
+    monkeypatch.setattr(gated_long_conv_module, "use_triton", lambda tensor, backend="auto": True)
     seq_len = MAX_RADIX_FFT_SIZE // 2 + 1
     inputs = make_inputs(1, 2, seq_len, bidirectional=True, gated=True)
     assert not fused_path_supported(inputs[0], inputs[1])
-    torch.testing.assert_close(gated_long_conv(*inputs, backend="triton"), gated_long_conv_reference(*inputs))
+    torch.testing.assert_close(gated_long_conv(*inputs, backend="auto"), gated_long_conv_reference(*inputs))
     u64 = torch.randn(1, 2, 16, dtype=torch.float64)
     spectrum64 = make_spectrum(2, 16, bidirectional=False, dtype=torch.float64)
     assert not fused_path_supported(u64, spectrum64)
     torch.testing.assert_close(
-        fft_long_conv(u64, spectrum64, torch.ones(2, dtype=torch.float64), backend="triton"),
+        fft_long_conv(u64, spectrum64, torch.ones(2, dtype=torch.float64)),
         fft_long_conv_reference(u64, spectrum64, torch.ones(2, dtype=torch.float64)),
     )
+
+
+def test_forcing_triton_where_the_kernels_do_not_cover_the_call_raises():
+    """The contract of every op: a forced backend that cannot run is an error, not a silent fallback."""
+    inputs = make_inputs(1, 2, MAX_RADIX_FFT_SIZE // 2 + 1, bidirectional=True, gated=True)
+    with pytest.raises(RuntimeError, match=r"forced.*L <= 32768.*length 32769"):
+        gated_long_conv(*inputs, backend="triton")
+    u64 = torch.randn(1, 2, 16, dtype=torch.float64)
+    spectrum64 = make_spectrum(2, 16, bidirectional=False, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="torch.float64"):
+        fft_long_conv(u64, spectrum64, torch.ones(2, dtype=torch.float64), backend="triton")
 
 
 def test_fft_long_conv_is_the_ungated_op():

@@ -69,6 +69,49 @@ def test_long_inputs_on_the_radix_step_match_the_reference(case, small_radix_pla
         torch.testing.assert_close(results[0][1][name], grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
+def kernel_ops_run(function) -> set[str]:
+    """The m2hf custom ops (the Triton kernels) that `function()` runs."""
+    with torch.profiler.profile() as profile:
+        function()
+    return {event.name for event in profile.events() if event.name.startswith("m2hf::")}
+
+
+@pytest.mark.parametrize("residual", [True, False])
+def test_the_cached_path_runs_on_the_configured_backend(residual):
+    """Prefilling a cache, continuing it with a chunk and a decoding step: forced onto the kernels, the prefill and
+    the chunk run the fused mixer front and long convolution; forced onto torch, no kernel runs at all. Both give
+    the logits of the uncached forward."""
+    triton_model, torch_model = pair(m2_hf.M2ForCausalLM, residual_long_conv=residual, **CASES["m2-gpt"])
+    ids = torch.randint(1, 99, (2, 14))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    with torch.no_grad():
+        full = torch_model(ids, attention_mask=mask).logits
+        for backend, model in (("triton", triton_model), ("torch", torch_model)):
+            steps = {}
+
+            def prefill():
+                steps["prefill"] = model(ids[:, :9], attention_mask=mask[:, :9], use_cache=True)
+
+            def chunk():
+                cache = steps["prefill"].past_key_values
+                steps["chunk"] = model(ids[:, 9:13], attention_mask=mask[:, :13], cache=cache, use_cache=True)
+
+            def decode():
+                cache = steps["chunk"].past_key_values
+                steps["decode"] = model(ids[:, 13:], attention_mask=mask, cache=cache, use_cache=True)
+
+            ran = {name: kernel_ops_run(step) for name, step in zip(("prefill", "chunk", "decode"), (prefill, chunk, decode))}
+            if backend == "torch":
+                assert not any(ran.values()), ran
+            else:
+                for name in ("prefill", "chunk"):
+                    assert {"m2hf::mixer_front", "m2hf::gated_long_conv_monarch"} <= ran[name], (name, ran[name])
+                assert "m2hf::mixer_front" in ran["decode"], ran["decode"]
+            logits = torch.cat([steps[name].logits for name in ("prefill", "chunk", "decode")], dim=1)
+            torch.testing.assert_close(logits, full, rtol=1e-5, atol=1e-5, msg=backend)
+
+
 def test_environment_variable_overrides_the_config(monkeypatch):
     monkeypatch.setenv("M2_HF_KERNEL_BACKEND", "torch")
     assert not m2_hf.ops.backend.use_triton(torch.zeros(1), "triton")

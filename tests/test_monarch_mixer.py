@@ -9,7 +9,8 @@ from helpers import tiny_config
 
 import m2_hf
 from m2_hf.modeling.modeling_m2 import BlockDiagonalLinear
-from m2_hf.modeling.monarch_mixer import M2MonarchSequenceMixer, MonarchLinear
+from m2_hf.modeling.monarch_sequence_mixer import M2MonarchSequenceMixer
+from m2_hf.modeling.projections import MonarchLinear
 
 MONARCH = {"sequence_mixer": "monarch", "monarch_mlp_order": 2, "max_position_embeddings": 16}
 

@@ -92,19 +92,34 @@ class M2CacheLayer(CacheLayerMixin):
             grown.append(buffer)
         self.conv_histories = grown
 
-    def update_short_conv_input(self, projected: torch.Tensor) -> torch.Tensor:
-        """Prepend the stored last `K - 1` input columns to `projected` `[B, C, L]` and store the new last ones.
+    def extend_short_conv_input(
+        self, projected: torch.Tensor, padding_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The short conv's input for a new chunk `projected` `[B, L, C]` (mask `[B, 1, L]` or None), and store its
+        last `K - 1` masked columns.
 
-        A causal convolution of the result, cut to its last `L` outputs, is the convolution of the whole sequence.
+        Returns `(projected, padding_mask)` unchanged when nothing is cached yet (the conv's zero start is the empty
+        past); otherwise both with the stored `K - 1` columns (already masked, mask 1) in front, so that the last `L`
+        outputs of the causal conv of the result are those of the whole sequence.
         """
         if self.short_conv_context == 0:
-            return projected
-        if self.short_conv_state is None:
-            batch, channels, _ = projected.shape
-            self.short_conv_state = projected.new_zeros(batch, channels, self.short_conv_context)
-        extended = torch.cat([self.short_conv_state.to(projected.dtype), projected], dim=-1)
-        self.short_conv_state = extended[..., -self.short_conv_context :].detach()
-        return extended
+            return projected, padding_mask
+        batch, length, channels = projected.shape
+        masked = projected.transpose(1, 2)  # [B, C, L]
+        if padding_mask is not None:
+            masked = masked * padding_mask.to(masked.dtype)
+        past = self.short_conv_state
+        if past is None:
+            past = projected.new_zeros(batch, channels, self.short_conv_context)
+        self.short_conv_state = torch.cat([past.to(masked.dtype), masked], dim=-1)[..., -self.short_conv_context :]
+        self.short_conv_state = self.short_conv_state.detach()
+        if self.seq_length == 0:
+            return projected, padding_mask
+        extended = torch.cat([past.to(projected.dtype).transpose(1, 2), projected], dim=1)
+        if padding_mask is None:
+            return extended, None
+        extended_mask = torch.cat([padding_mask.new_ones(batch, 1, self.short_conv_context), padding_mask], dim=-1)
+        return extended, extended_mask
 
     def append_conv_inputs(
         self, gated_input: torch.Tensor, residual_input: torch.Tensor | None = None
@@ -162,7 +177,7 @@ class M2CacheLayer(CacheLayerMixin):
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         raise NotImplementedError(
             "An M2 cache layer holds convolution inputs, not attention keys and values; the mixer calls "
-            "update_short_conv_input and append_conv_inputs."
+            "extend_short_conv_input and append_conv_inputs."
         )
 
     def get_seq_length(self) -> int:

@@ -1,7 +1,8 @@
 """Monarch Mixer (M2) encoder models: M2-BERT and its heads.
 
-An M2 layer replaces attention with a gated long convolution whose filters are implicit (see
-`implicit_filter.py`) and the dense MLP with block-diagonal (Monarch) projections:
+An M2 layer replaces attention with a sequence mixer (the gated long convolution with implicit filters of
+`long_conv_mixer.py`, or the Monarch mixer of `monarch_sequence_mixer.py`) and the dense MLP with block-diagonal
+(Monarch) projections (`projections.py`):
 
     mixer:  x1, x2, v = shortconv(in_proj(u));  y = x2 * (longconv(v * x1) + D v) [+ longconv2(u) + D2 u]
     layer:  h = out_proj(y);  out = LayerNorm(h + MLP(h))                        (norm_position="post")
@@ -29,68 +30,15 @@ from transformers.modeling_outputs import (
 )
 from transformers.utils.generic import can_return_tuple
 
-from ..ops import add_layernorm, blockdiag_glu, blockdiag_matmul, causal_depthwise_conv, gated_long_conv, mixer_front
+from ..ops import add_layernorm, blockdiag_glu
+from ..ops.blockdiag import glu_activation
 from .cache_m2 import M2Cache, M2CacheLayer
 from .configuration_m2 import M2Config
 from .implicit_filter import M2ImplicitFilter, filter_decay_rates, filter_features, filter_positions
-from .monarch_mixer import M2MonarchSequenceMixer, MonarchLinear
+from .long_conv_mixer import CausalShortConv, M2LongConvMixer
+from .monarch_sequence_mixer import M2MonarchSequenceMixer
+from .projections import BlockDiagonalLinear, MonarchLinear
 from .transformers_compat import resolve_cache_argument, with_load_defaults
-
-# Activations (`config.hidden_act`) the fused GLU kernel computes, by the kernel's name for them.
-GLU_KERNEL_ACTIVATIONS = {"gelu": "gelu", "silu": "silu", "swish": "silu"}
-
-
-class BlockDiagonalLinear(nn.Module):
-    """`y = blockdiag(W_0, ..., W_{n-1}) x + b`: a single-factor Monarch projection.
-
-    The input's last axis is split into `nblocks` contiguous chunks and chunk `b` meets block `W_b` only.
-    `backend` picks the kernels (`M2Config.kernel_backend`).
-    """
-
-    def __init__(self, in_features: int, out_features: int, nblocks: int, bias: bool = True, backend: str = "auto"):
-        super().__init__()
-        self.in_features = in_features
-        self.out_features = out_features
-        self.backend = backend
-        self.weight = nn.Parameter(torch.empty(nblocks, out_features // nblocks, in_features // nblocks))
-        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        # A dense kaiming-uniform init rescaled by sqrt(dense / block-diagonal size): U(+-1/sqrt(in_block)).
-        bound = self.weight.shape[-1] ** -0.5
-        init.uniform_(self.weight, -bound, bound)
-        if self.bias is not None:
-            init.uniform_(self.bias, -self.out_features**-0.5, self.out_features**-0.5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return blockdiag_matmul(x, self.weight, self.bias, backend=self.backend)
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, nblocks={self.weight.shape[0]}"
-
-
-class CausalShortConv(nn.Module):
-    """Depthwise causal convolution `y[c, t] = b[c] + sum_j w[c, j] x[c, t - K + 1 + j]` over `[B, C, L]`."""
-
-    def __init__(self, channels: int, kernel_size: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(channels, 1, kernel_size))
-        self.bias = nn.Parameter(torch.empty(channels))
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        # PyTorch's Conv1d default, U(+-1/sqrt(kernel size)): a 0.02-normal short conv would starve the gates.
-        bound = self.weight.shape[-1] ** -0.5
-        init.uniform_(self.weight, -bound, bound)
-        init.uniform_(self.bias, -bound, bound)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return causal_depthwise_conv(x, self.weight, self.bias)
-
-    def step(self, window: torch.Tensor) -> torch.Tensor:
-        """The output for the last of the `K` input columns `window` `[B, C, K]`, as `[B, C, 1]` (a decoding step)."""
-        return (torch.einsum("bck,ck->bc", window, self.weight[:, 0].to(window.dtype)) + self.bias)[..., None]
 
 
 class M2Embeddings(nn.Module):
@@ -127,88 +75,6 @@ class M2Embeddings(nn.Module):
         return self.dropout(self.layernorm(embeddings))
 
 
-class M2LongConvMixer(nn.Module):
-    """M2-BERT's sequence mixer: gated bidirectional (or causal) long convolution with implicit filters."""
-
-    def __init__(self, config: M2Config):
-        super().__init__()
-        hidden = config.hidden_size
-        self.hidden_size = hidden
-        normalise_input = config.mixer_layernorm or config.norm_position == "pre"
-        self.layernorm = nn.LayerNorm(hidden, eps=config.mixer_layernorm_eps) if normalise_input else None
-        self.in_proj = nn.Linear(hidden, 3 * hidden)
-        self.short_conv = CausalShortConv(3 * hidden, config.short_conv_size)
-        self.long_filter = M2ImplicitFilter(config)
-        self.residual_filter = M2ImplicitFilter(config) if config.residual_long_conv else None
-        self.out_proj = nn.Linear(hidden, hidden)
-        self.backend = config.kernel_backend
-
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        padding_mask: torch.Tensor | None = None,
-        cache: M2CacheLayer | None = None,
-    ) -> torch.Tensor:
-        """`hidden_states` `[B, L, H]`; `padding_mask` `[B, 1, L]` (1 = real token) zeroes padding before
-        every convolution, or None to convolve every position. With `cache` (causal mixers only) the input
-        continues the cached sequence and the cache is extended with it."""
-        seq_len = hidden_states.shape[1]
-        mixer_input = self.layernorm(hidden_states) if self.layernorm is not None else hidden_states
-        if cache is None:
-            return self.out_proj(self._mix(mixer_input, padding_mask).transpose(1, 2))
-        projected = self.in_proj(mixer_input).transpose(1, 2)  # [B, 3H, L]
-        if padding_mask is not None:
-            projected = projected * padding_mask
-        if seq_len == 1:
-            projected = self.short_conv.step(cache.update_short_conv_input(projected))
-        else:
-            # The cached last K-1 inputs go first; their outputs were produced at earlier steps.
-            projected = self.short_conv(cache.update_short_conv_input(projected))[..., -seq_len:]
-        pre_gate, post_gate, value = projected.split(self.hidden_size, dim=1)
-        gated_value = value * pre_gate
-        if padding_mask is not None:
-            gated_value = gated_value * padding_mask
-        residual = None
-        if self.residual_filter is not None:
-            residual = mixer_input.transpose(1, 2)
-            if padding_mask is not None:
-                residual = residual * padding_mask
-        gated_value, residual = cache.append_conv_inputs(gated_value, residual)  # the whole histories
-        mixed = self._long_conv(gated_value, seq_len, self.long_filter, cache, "long").to(post_gate.dtype) * post_gate
-        if residual is not None:
-            mixed = mixed + self._long_conv(residual, seq_len, self.residual_filter, cache, "residual").to(mixed.dtype)
-        return self.out_proj(mixed.transpose(1, 2))
-
-    def _mix(self, mixer_input: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
-        """The mixer without a cache, `[B, H, L]` before `out_proj`, with the fused kernels where they apply: one
-        pass for the short conv, split and pre-gate, one for the long conv with skip term and post-gate."""
-        seq_len = mixer_input.shape[1]
-        gated_value, post_gate = mixer_front(
-            self.in_proj(mixer_input), self.short_conv.weight, self.short_conv.bias, padding_mask, backend=self.backend
-        )
-        spectrum, skip = self.long_filter.spectrum(seq_len), self.long_filter.skip
-        mixed = gated_long_conv(gated_value, spectrum, skip, post_gate=post_gate, backend=self.backend)
-        if self.residual_filter is not None:
-            spectrum, skip = self.residual_filter.spectrum(seq_len), self.residual_filter.skip
-            residual_input = mixer_input.transpose(1, 2)
-            mixed = mixed + gated_long_conv(residual_input, spectrum, skip, pre_gate=padding_mask, backend=self.backend)
-        return mixed
-
-    @staticmethod
-    def _long_conv(
-        history: torch.Tensor,
-        seq_len: int,
-        implicit_filter: M2ImplicitFilter,
-        cache: M2CacheLayer | None,
-        name: str,
-    ) -> torch.Tensor:
-        """Long convolution outputs `[B, H, seq_len]` for the last `seq_len` columns of `history` `[B, H, T]`."""
-        total = history.shape[-1]
-        if cache is not None and seq_len == 1 and total > 1:
-            return cache.long_conv_step(name, implicit_filter, history)  # one decoding step
-        return gated_long_conv(history, implicit_filter.spectrum(total), implicit_filter.skip)[..., total - seq_len :]
-
-
 class M2MonarchMLP(nn.Module):
     """`LayerNorm(x + out(act(gate) * value))` with block-diagonal projections (GLU), or without the gate.
 
@@ -232,7 +98,7 @@ class M2MonarchMLP(nn.Module):
         self.backend = backend
         # The fused GLU kernel computes act(gate) * value without the 2I-wide projection (order-1 factor only).
         fusable = projection is BlockDiagonalLinear
-        self.fused_glu_activation = GLU_KERNEL_ACTIVATIONS.get(config.hidden_act) if fusable else None
+        self.fused_glu_activation = glu_activation(config.hidden_act) if fusable else None
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         mlp_input = self.layernorm(hidden_states) if self.pre_norm else hidden_states

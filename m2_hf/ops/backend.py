@@ -67,6 +67,14 @@ def use_triton(tensor: torch.Tensor, requested: str = "auto") -> bool:
     return tensor.is_cuda and triton_available()
 
 
+def autocast_input(x: torch.Tensor) -> torch.Tensor:
+    """`x` in the autocast dtype when autocast is on for its device (the kernels cast weight tiles to match)."""
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        return x.to(torch.get_autocast_dtype(device_type))
+    return x
+
+
 def new_buffer(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """Allocation point of every buffer a Triton kernel writes (tests replace it to poison buffers with NaN)."""
     return torch.empty(shape, dtype=dtype, device=device)

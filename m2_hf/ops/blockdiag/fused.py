@@ -9,21 +9,13 @@ from __future__ import annotations
 import torch
 from torch.library import custom_op
 
-from ..backend import use_triton
+from ..backend import autocast_input, use_triton
 from .reference import (
     GLU_ACTIVATIONS,
     blockdiag_glu_reference,
     blockdiag_matmul_reference,
     check_blockdiag_shapes,
 )
-
-
-def autocast_input(x: torch.Tensor) -> torch.Tensor:
-    """`x` in the autocast dtype when autocast is on for its device (the kernels cast weight tiles to match)."""
-    device_type = x.device.type
-    if torch.is_autocast_enabled(device_type):
-        return x.to(torch.get_autocast_dtype(device_type))
-    return x
 
 
 @custom_op("m2hf::blockdiag_matmul", mutates_args=())

@@ -6,6 +6,13 @@ import torch
 import torch.nn.functional as F
 
 GLU_ACTIVATIONS = {"gelu": F.gelu, "silu": F.silu}
+# transformers' activation names (`config.hidden_act`) that `blockdiag_glu` computes, by its name for them.
+GLU_ACTIVATION_NAMES = {"gelu": "gelu", "silu": "silu", "swish": "silu"}
+
+
+def glu_activation(hidden_act: str) -> str | None:
+    """`blockdiag_glu`'s name for the activation transformers calls `hidden_act`, or None if it has none."""
+    return GLU_ACTIVATION_NAMES.get(hidden_act)
 
 
 def check_blockdiag_shapes(x: torch.Tensor, weight: torch.Tensor) -> None:

@@ -17,8 +17,8 @@ from typing import Optional
 
 import torch
 
-from ..backend import use_triton
-from .monarch_fft import fft_plan, monarch_spectrum
+from ..backend import resolve_backend, use_triton
+from .monarch_fft import MAX_RADIX_FFT_SIZE, fft_plan, monarch_spectrum
 from .reference import gated_long_conv_reference
 
 FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -156,13 +156,21 @@ def gated_long_conv(
         spectrum: `[H, L + 1]` complex, from `long_conv_spectrum(long_conv_kernel(k_fwd, k_rev), L)`.
         skip: `[H]`, the skip weight `D`.
         pre_gate, post_gate: broadcastable to `u` (e.g. a `[B, 1, L]` padding mask folded into a gate), or None.
-        backend: `"auto"`, `"triton"` or `"torch"` (see `m2_hf.ops.backend`). Lengths or dtypes the fused kernels
-            do not cover take the torch.fft path whatever the backend.
+        backend: `"auto"`, `"triton"` or `"torch"` (see `m2_hf.ops.backend`). With `"auto"`, lengths or dtypes
+            the fused kernels do not cover take the torch.fft path; forcing `"triton"` on them raises.
 
     Returns:
         `[B, H, L]` in `u`'s dtype.
     """
-    if not use_triton(u, backend) or not fused_path_supported(u, spectrum):
+    if not use_triton(u, backend):
+        return gated_long_conv_reference(u, spectrum, skip, pre_gate, post_gate)
+    if not fused_path_supported(u, spectrum):
+        if resolve_backend(backend) == "triton":
+            raise RuntimeError(
+                "kernel_backend='triton' was forced, but the fused long convolution covers fp32/fp16/bf16 inputs "
+                f"with a complex64 spectrum and L <= {MAX_RADIX_FFT_SIZE // 2}; got {u.dtype} input of length "
+                f"{u.shape[-1]} and a {spectrum.dtype} spectrum. Use the 'auto' backend (torch.fft beyond that)."
+            )
         return gated_long_conv_reference(u, spectrum, skip, pre_gate, post_gate)
     if pre_gate is not None:
         pre_gate = pre_gate.expand_as(u)

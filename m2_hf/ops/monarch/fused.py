@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch.library import custom_op
 
-from ..backend import use_triton
-from ..blockdiag.fused import autocast_input
+from ..backend import autocast_input, use_triton
 from .reference import check_monarch_shapes, monarch_matmul_reference
 
 

@@ -1,12 +1,12 @@
-"""The fused sequence-mixer front as a custom op over the Triton kernels, and its dispatcher."""
+"""The fused sequence-mixer front as a custom op over the Triton kernels, and the dispatching entry points."""
 
 from __future__ import annotations
 
 import torch
 from torch.library import custom_op
 
-from ..backend import use_triton
-from .reference import mixer_front_reference
+from ..backend import resolve_backend, use_triton
+from .reference import causal_depthwise_conv_reference, mixer_front_reference
 
 
 @custom_op("m2hf::mixer_front", mutates_args=())
@@ -82,3 +82,20 @@ def mixer_front(
         mask = None if padding_mask is None else padding_mask.reshape(batch, length)
         return mixer_front_triton(projected, weight, bias, mask)
     return mixer_front_reference(projected, weight, bias, padding_mask)
+
+
+def causal_depthwise_conv(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, backend: str = "auto"
+) -> torch.Tensor:
+    """Causal depthwise convolution of `x` `[B, C, L]` (see `causal_depthwise_conv_reference`).
+
+    The plain convolution has no Triton kernel of its own (the models run it fused into `mixer_front`): `"auto"`
+    and `"torch"` compute it with torch's grouped `conv1d` (cuDNN on CUDA), and forcing `"triton"` raises, as every
+    op does when its kernels cannot run.
+    """
+    if resolve_backend(backend) == "triton":
+        raise RuntimeError(
+            "kernel_backend='triton' was forced, but causal_depthwise_conv has no Triton kernel (the models run the "
+            "short convolution fused into mixer_front); use the 'auto' or 'torch' backend for it."
+        )
+    return causal_depthwise_conv_reference(x, weight, bias)
