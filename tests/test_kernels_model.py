@@ -101,7 +101,8 @@ def test_the_cached_path_runs_on_the_configured_backend(residual):
                 cache = steps["chunk"].past_key_values
                 steps["decode"] = model(ids[:, 13:], attention_mask=mask, cache=cache, use_cache=True)
 
-            ran = {name: kernel_ops_run(step) for name, step in zip(("prefill", "chunk", "decode"), (prefill, chunk, decode))}
+            steps_in_order = {"prefill": prefill, "chunk": chunk, "decode": decode}
+            ran = {name: kernel_ops_run(step) for name, step in steps_in_order.items()}
             if backend == "torch":
                 assert not any(ran.values()), ran
             else:
