@@ -1,19 +1,11 @@
 """Monarch Mixer (M2) models for Hugging Face Transformers.
 
 Importing this package registers `M2Config` (model type `"m2"`) and every M2 head with the transformers Auto
-classes, so `AutoModel*.from_pretrained` loads M2 folders without `trust_remote_code`.
+classes (the table `registry.M2_CLASSES`), so `AutoModel*.from_pretrained` loads M2 folders without
+`trust_remote_code`.
 """
 
-from transformers import (
-    AutoConfig,
-    AutoImageProcessor,
-    AutoModel,
-    AutoModelForCausalLM,
-    AutoModelForImageClassification,
-    AutoModelForMaskedLM,
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
-)
+from transformers import AutoImageProcessor
 
 from .modeling import (
     M2Config,
@@ -28,16 +20,11 @@ from .modeling import (
     M2VisionPreTrainedModel,
 )
 from .modeling.modeling_m2_vision import vit_image_processor_classes
+from .registry import register_auto_classes
 
 __version__ = "0.1.0"
 
-AutoConfig.register(M2Config.model_type, M2Config, exist_ok=True)
-AutoModel.register(M2Config, M2Model, exist_ok=True)
-AutoModelForMaskedLM.register(M2Config, M2ForMaskedLM, exist_ok=True)
-AutoModelForCausalLM.register(M2Config, M2ForCausalLM, exist_ok=True)
-AutoModelForSequenceClassification.register(M2Config, M2ForSequenceClassification, exist_ok=True)
-AutoModelForTokenClassification.register(M2Config, M2ForTokenClassification, exist_ok=True)
-AutoModelForImageClassification.register(M2Config, M2ForImageClassification, exist_ok=True)
+register_auto_classes()  # every class of registry.M2_CLASSES with its Auto class
 _image_processors = vit_image_processor_classes()
 if _image_processors:  # ViT's image processors, for the installed backends (pillow, torchvision)
     try:

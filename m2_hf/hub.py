@@ -22,20 +22,7 @@ from huggingface_hub import CommitInfo, HfApi, ModelCard, ModelCardData
 from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
 from transformers import PreTrainedModel
 
-from . import __version__
-
-# The Hub task of each M2 class (the `pipeline_tag` of its card).
-PIPELINE_TAGS = {
-    "M2Model": "feature-extraction",
-    "M2ForMaskedLM": "fill-mask",
-    "M2ForSequenceClassification": "text-classification",
-    "M2ForTokenClassification": "token-classification",
-    "M2ForCausalLM": "text-generation",
-    "M2ForImageClassification": "image-classification",
-    "M2VisionModel": "image-feature-extraction",
-}
-# Tasks whose transformers pipeline loads M2 models through the Auto classes after `import m2_hf`.
-PIPELINE_TASKS = ("fill-mask", "text-classification", "token-classification", "text-generation", "image-classification")
+from . import __version__, registry
 TAGS = ("m2", "monarch-mixer")
 CODE_REPOSITORY = "https://github.com/HazyResearch/m2"
 PAPER_URL = "https://arxiv.org/abs/2310.12109"
@@ -84,11 +71,17 @@ embeddings = model.encode(["A first sentence.", "A second one."])"""
 
 
 def pipeline_tag_of(model: PreTrainedModel | type[PreTrainedModel]) -> str:
-    """The Hub task of an M2 model or model class."""
+    """The Hub task of an M2 model or model class (`registry.M2_CLASSES`)."""
     name = model.__name__ if isinstance(model, type) else type(model).__name__
-    if name not in PIPELINE_TAGS:
-        raise ValueError(f"No Hub task is known for {name}; pass pipeline_tag explicitly.")
-    return PIPELINE_TAGS[name]
+    try:
+        return registry.m2_class(name).pipeline_tag
+    except KeyError:
+        raise ValueError(f"No Hub task is known for {name}; pass pipeline_tag explicitly.") from None
+
+
+def pipeline_tasks() -> set[str]:
+    """The Hub tasks whose transformers pipeline loads M2 models through the Auto classes after `import m2_hf`."""
+    return {entry.pipeline_tag for entry in registry.M2_CLASSES if entry.pipeline}
 
 
 def model_card_data(
@@ -154,7 +147,7 @@ def _details(model: PreTrainedModel, pipeline_tag: str, base_model: str | None, 
 def _usage(model: PreTrainedModel, pipeline_tag: str, library_name: str, model_id: str) -> str:
     if library_name == "sentence-transformers":
         return _SENTENCE_TRANSFORMERS_USAGE.format(model_id=model_id)
-    if pipeline_tag in PIPELINE_TASKS:
+    if pipeline_tag in pipeline_tasks():
         return _PIPELINE_USAGE.format(pipeline_tag=pipeline_tag, model_id=model_id)
     return _CLASS_USAGE.format(model_class=type(model).__name__, model_id=model_id)
 
@@ -260,7 +253,8 @@ def publishing_problems(folder: str | os.PathLike) -> list[str]:
     if not any((folder / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")):
         problems.append("no safetensors weights (model.safetensors or model.safetensors.index.json)")
     architectures = config.get("architectures") or []
-    task = PIPELINE_TAGS.get(architectures[0]) if architectures else None
+    known = {entry.name: entry.pipeline_tag for entry in registry.M2_CLASSES}
+    task = known.get(architectures[0]) if architectures else None
     processor = "preprocessor_config.json" if task and task.startswith("image-") else "tokenizer_config.json"
     if config and not (folder / processor).is_file():
         problems.append(f"no {processor} (save the tokenizer or image processor into the folder)")

@@ -29,25 +29,12 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import registry
+
 PACKAGE = "m2_hf"
 OPS_PACKAGE = f"{PACKAGE}.ops"
 OPS_MODULE = "ops"
 FORBIDDEN_IMPORTS = (PACKAGE, "triton")
-
-# The Auto classes that load each family of M2 models, with the package class each one maps to. A folder gets the
-# entries of the first family its saved architecture belongs to, for every class the installed package has. Unlike
-# the package's own registration, a vision folder maps `AutoModel` to the vision backbone.
-AUTO_CLASS_FAMILIES = (
-    {
-        "AutoModel": "M2Model",
-        "AutoModelForMaskedLM": "M2ForMaskedLM",
-        "AutoModelForSequenceClassification": "M2ForSequenceClassification",
-        "AutoModelForTokenClassification": "M2ForTokenClassification",
-    },
-    {"AutoModel": "M2Model", "AutoModelForCausalLM": "M2ForCausalLM"},
-    {"AutoModel": "M2VisionModel", "AutoModelForImageClassification": "M2ForImageClassification"},
-)
-
 
 class RemoteCodeError(ValueError):
     """A folder cannot be exported as remote code; the message says why."""
@@ -81,9 +68,9 @@ def _package_class(name: str) -> type | None:
 def auto_classes(architecture: str) -> dict[str, type]:
     """The Auto classes (`AutoConfig` included) that load a folder saved from `architecture`, with the package
     class each one maps to."""
-    family = next((family for family in AUTO_CLASS_FAMILIES if architecture in family.values()), None)
-    if family is None:
-        known = sorted(name for family in AUTO_CLASS_FAMILIES for name in family.values())
+    family = registry.family_auto_classes(architecture)
+    if not family:
+        known = sorted(entry.name for entry in registry.M2_CLASSES)
         raise RemoteCodeError(f"No Auto classes are known for the architecture {architecture!r}; known: {known}.")
     if _package_class(architecture) is None:
         raise RemoteCodeError(f"This version of {PACKAGE} has no class {architecture!r}.")

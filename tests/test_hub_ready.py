@@ -14,9 +14,11 @@ from transformers.pipelines import SUPPORTED_TASKS
 
 import m2_hf
 from m2_hf import hub
+from m2_hf.registry import M2_CLASSES
 from m2_hf.remote_code import export_remote_code
 
-HEADS = [name for name in hub.PIPELINE_TAGS if hasattr(m2_hf, name)]
+TASKS = {entry.name: entry.pipeline_tag for entry in M2_CLASSES}
+HEADS = list(TASKS)
 VISION = ("M2VisionModel", "M2ForImageClassification")
 BASE_MODEL = "my-org/m2-bert-80m"
 
@@ -84,7 +86,7 @@ def test_card_metadata_names_library_task_license_tags_and_base_model(class_name
     )
     card = ModelCard.load(tmp_path / "README.md")
     assert card.data.library_name == "transformers"
-    assert card.data.pipeline_tag == hub.PIPELINE_TAGS[class_name]
+    assert card.data.pipeline_tag == TASKS[class_name]
     assert card.data.license == "apache-2.0"
     assert card.data.tags == ["m2", "monarch-mixer", "text"]
     assert card.data.base_model == BASE_MODEL and card.data.datasets == ["glue"] and card.data.language == "en"
@@ -99,10 +101,10 @@ def test_card_without_a_base_model_has_none(tmp_path):
     assert data.base_model is None and data.datasets is None and data.license == "mit"
 
 
-@pytest.mark.parametrize("class_name", [name for name in HEADS if hub.PIPELINE_TAGS[name] in hub.PIPELINE_TASKS])
+@pytest.mark.parametrize("class_name", [entry.name for entry in M2_CLASSES if entry.pipeline])
 def test_pipeline_tag_is_the_transformers_task_whose_auto_class_loads_the_head(class_name):
     """The card's task is the pipeline a Hub user gets, and that pipeline's Auto class builds this very class."""
-    (auto_class,) = SUPPORTED_TASKS[hub.PIPELINE_TAGS[class_name]]["pt"]
+    (auto_class,) = SUPPORTED_TASKS[TASKS[class_name]]["pt"]
     assert type(auto_class.from_config(head_config(class_name))).__name__ == class_name
 
 

@@ -18,7 +18,9 @@ from safetensors.torch import load_file, save_file
 
 import m2_hf
 from m2_hf import cli, remote_code
-from m2_hf.remote_code import AUTO_CLASS_FAMILIES, OPS_MODULE, RemoteCodeError, export_remote_code
+from m2_hf import registry
+from m2_hf.registry import M2_CLASSES, M2Class
+from m2_hf.remote_code import OPS_MODULE, RemoteCodeError, export_remote_code
 
 # Runs in a fresh interpreter (`python -I`, cwd outside the repository) in which importing m2_hf or Triton fails.
 LOADER = r"""
@@ -68,12 +70,7 @@ json.dump(report, open(sys.argv[4], "w"))
 
 def available_heads() -> dict[str, str]:
     """Every package class the export maps an Auto class to, with that Auto class (the first, for M2Model)."""
-    heads = {}
-    for family in AUTO_CLASS_FAMILIES:
-        for auto_class, class_name in family.items():
-            if hasattr(m2_hf, class_name):
-                heads.setdefault(class_name, auto_class)
-    return heads
+    return {entry.name: entry.auto_class for entry in M2_CLASSES}
 
 
 def head_config(class_name: str) -> m2_hf.M2Config:
@@ -275,7 +272,7 @@ def test_code_the_flat_layout_cannot_hold_is_refused(source, message, tmp_path, 
     probe_class = type("M2Probe", (), {"__module__": name})
     monkeypatch.setitem(sys.modules, name, module)
     monkeypatch.setattr(m2_hf, "M2Probe", probe_class, raising=False)
-    monkeypatch.setattr(remote_code, "AUTO_CLASS_FAMILIES", ({"AutoModel": "M2Probe"},))
+    monkeypatch.setattr(registry, "M2_CLASSES", (M2Class("M2Probe", "AutoModel", "feature-extraction", ("probe",)),))
     folder = tmp_path / "model"
     m2_hf.M2Model(tiny_config()).save_pretrained(folder)
     config = json.loads((folder / "config.json").read_text())

@@ -6,41 +6,39 @@ from dataclasses import dataclass
 
 import torch
 
-from ..modeling import M2ForMaskedLM, M2ForSequenceClassification, M2Model, M2PreTrainedModel
+from ..modeling import M2Model, M2PreTrainedModel
 from ..modeling.configuration_m2 import M2Config
+from ..registry import m2_class
 
 
 @dataclass(frozen=True)
 class ModelKind:
-    """A converted model's class, its Auto class and its Hub pipeline tag."""
+    """What a converted checkpoint becomes: a class of the table `registry.M2_CLASSES` (which gives its Auto class
+    and Hub task) and the sentence the model card says about its head."""
 
     name: str
-    model_class: type[M2PreTrainedModel]
-    auto_class: str
-    pipeline_tag: str
+    class_name: str
     description: str
+
+    @property
+    def model_class(self) -> type[M2PreTrainedModel]:
+        return m2_class(self.class_name).model_class
+
+    @property
+    def auto_class(self) -> str:
+        return m2_class(self.class_name).auto_class
+
+    @property
+    def pipeline_tag(self) -> str:
+        return m2_class(self.class_name).pipeline_tag
 
 
 MODEL_KINDS = {
     kind.name: kind
     for kind in (
-        ModelKind(
-            "masked-lm", M2ForMaskedLM, "AutoModelForMaskedLM", "fill-mask", "masked-language-model head (tied decoder)"
-        ),
-        ModelKind(
-            "encoder",
-            M2Model,
-            "AutoModel",
-            "feature-extraction",
-            "pooler `tanh(dense(h[CLS]))`, whose output is the sentence embedding",
-        ),
-        ModelKind(
-            "sequence-classification",
-            M2ForSequenceClassification,
-            "AutoModelForSequenceClassification",
-            "text-classification",
-            "pooler and linear classifier",
-        ),
+        ModelKind("masked-lm", "M2ForMaskedLM", "masked-language-model head (tied decoder)"),
+        ModelKind("encoder", "M2Model", "pooler `tanh(dense(h[CLS]))`, whose output is the sentence embedding"),
+        ModelKind("sequence-classification", "M2ForSequenceClassification", "pooler and linear classifier"),
     )
 }
 
