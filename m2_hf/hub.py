@@ -27,6 +27,8 @@ TAGS = ("m2", "monarch-mixer")
 CODE_REPOSITORY = "https://github.com/HazyResearch/m2"
 PAPER_URL = "https://arxiv.org/abs/2310.12109"
 
+# The one template of every M2 model card: trained, fine-tuned or converted models. Builders fill the details
+# table and add their own sections before and after the usage example (`build_model_card`).
 CARD_TEMPLATE = """---
 {{ card_data }}
 ---
@@ -35,23 +37,44 @@ CARD_TEMPLATE = """---
 
 {{ description }}
 
+## Model details
+
 | | |
 |---|---|
 {% for label, value in details -%}
 | {{ label }} | {{ value }} |
+{% endfor -%}
+{% for heading, body in sections_before_usage %}
+## {{ heading }}
+
+{{ body }}
 {% endfor %}
 ## How to use
-
+{% if usage_note %}
+{{ usage_note }}
+{% endif %}
 ```python
 {{ usage }}
 ```
 {% if remote_code %}
 The folder also holds its modeling code: without m2-hf installed, pass `trust_remote_code=True` to
 `from_pretrained` (or `pipeline`) instead of importing `m2_hf`.
-{% endif %}
+{% endif -%}
+{% for heading, body in sections_after_usage %}
+## {{ heading }}
+
+{{ body }}
+{% endfor %}
 ## License
 
 {{ license }}
+{% if citation %}
+## Citation
+
+```bibtex
+{{ citation }}
+```
+{% endif -%}
 """
 
 _CLASS_USAGE = """from m2_hf import {model_class}
@@ -109,39 +132,93 @@ def model_card_data(
     )
 
 
-def _architecture(model: PreTrainedModel) -> str:
-    config = model.config
-    direction = "bidirectional" if config.bidirectional else "causal"
-    return (
-        f"{type(model).__name__}: {config.num_hidden_layers} M2 layers of width {config.hidden_size} "
-        f"({direction} gated long convolutions, {config.monarch_mlp_nblocks}-block Monarch MLP of width "
-        f"{config.intermediate_size})"
+def architecture_summary(config) -> str:
+    """One sentence naming an M2 config's layers: the sequence mixer, the MLP and its projections, the norms."""
+    if config.sequence_mixer == "monarch":
+        nblocks, block_size = config.monarch_sequence_grid
+        mixer = (
+            f"bidirectional Monarch sequence mixers (order-2 Monarch matrices over {nblocks * block_size} positions, "
+            f"{nblocks} x {block_size} blocks)"
+        )
+    else:
+        direction = "bidirectional" if config.bidirectional else "causal"
+        mixer = f"{direction} gated long convolutions with implicit filters (order {config.filter_order})"
+        if config.residual_long_conv:
+            mixer += " plus a residual long convolution"
+    if config.monarch_mlp_order == 1:
+        projections = f"{config.monarch_mlp_nblocks}-block block-diagonal (Monarch) projections"
+    else:
+        projections = f"order-2 Monarch projections ({config.monarch_mlp_nblocks} blocks per factor)"
+    mlp = f"{'GLU MLP' if config.glu_mlp else 'MLP'} of width {config.intermediate_size} with {projections}"
+    parts = [f"{config.num_hidden_layers} layers, hidden size {config.hidden_size}", mixer, mlp]
+    if config.norm_position == "pre":
+        parts.append("pre-norm residual blocks and a final LayerNorm")
+    elif config.mixer_layernorm:
+        parts.append("a LayerNorm at the start of every sequence mixer")
+    return "; ".join(parts)
+
+
+def model_details(model_class_name: str, config, parameters: int, images: bool = False) -> list[tuple[str, str]]:
+    """The first rows of every card's details table: architecture, parameters and input (`images`: an image
+    model's patches, else the maximum sequence length)."""
+    rows = [("Architecture", f"{model_class_name}: {architecture_summary(config)}"), ("Parameters", f"{parameters:,}")]
+    if images:
+        rows.append(("Input", f"{config.image_size}x{config.image_size} images, {config.patch_size}-pixel patches"))
+    else:
+        rows.append(("Maximum sequence length", f"{config.max_sequence_length:,} tokens"))
+    return rows
+
+
+PROVENANCE_ROWS = (
+    ("Paper", f"[Monarch Mixer: A Simple Sub-Quadratic GEMM-Based Architecture]({PAPER_URL})"),
+    ("Original code", f"[HazyResearch/m2]({CODE_REPOSITORY})"),
+)
+
+
+def build_model_card(
+    data: ModelCardData,
+    *,
+    title: str,
+    description: str,
+    details: list[tuple[str, str]],
+    usage: str,
+    license_text: str,
+    usage_note: str | None = None,
+    sections_before_usage: Sequence[tuple[str, str]] = (),
+    sections_after_usage: Sequence[tuple[str, str]] = (),
+    remote_code: bool = False,
+    citation: str | None = None,
+) -> ModelCard:
+    """Render `CARD_TEMPLATE`: the metadata `data`, a title and description, the details table, optional
+    `(heading, markdown)` sections around the usage example, the license and an optional BibTeX citation."""
+    return ModelCard.from_template(
+        data,
+        template_str=CARD_TEMPLATE,
+        title=title,
+        description=description,
+        details=details,
+        sections_before_usage=list(sections_before_usage),
+        usage_note=usage_note,
+        usage=usage,
+        remote_code=remote_code,
+        sections_after_usage=list(sections_after_usage),
+        license=license_text,
+        citation=citation,
     )
 
 
 def _details(model: PreTrainedModel, pipeline_tag: str, base_model: str | None, datasets) -> list[tuple[str, str]]:
     config = model.config
-    rows = [
-        ("Architecture", _architecture(model)),
-        ("Task", f"`{pipeline_tag}`"),
-        ("Parameters", f"{model.num_parameters():,}"),
-    ]
-    if model.main_input_name == "pixel_values":
-        rows.append(("Input", f"{config.image_size}x{config.image_size} images, {config.patch_size}-pixel patches"))
-    else:
-        rows.append(("Maximum sequence length", f"{config.max_sequence_length:,} tokens"))
+    images = model.main_input_name == "pixel_values"
+    rows = model_details(type(model).__name__, config, model.num_parameters(), images=images)
+    rows.insert(1, ("Task", f"`{pipeline_tag}`"))
     if getattr(config, "id2label", None) and pipeline_tag.endswith("classification"):
         rows.append(("Labels", ", ".join(str(label) for _, label in sorted(config.id2label.items()))))
     if base_model is not None:
         rows.append(("Fine-tuned from", f"[{base_model}](https://huggingface.co/{base_model})"))
     if datasets:
         rows.append(("Training data", ", ".join(datasets)))
-    rows += [
-        ("Library", f"m2-hf {__version__}"),
-        ("Paper", f"[Monarch Mixer: A Simple Sub-Quadratic GEMM-Based Architecture]({PAPER_URL})"),
-        ("Original code", f"[HazyResearch/m2]({CODE_REPOSITORY})"),
-    ]
-    return rows
+    return [*rows, ("Library", f"m2-hf {__version__}"), *PROVENANCE_ROWS]
 
 
 def _usage(model: PreTrainedModel, pipeline_tag: str, library_name: str, model_id: str) -> str:
@@ -174,23 +251,23 @@ def model_card(
     if description is None:
         origin = f", fine-tuned from {data.base_model}," if data.base_model else ""
         description = (
-            f"A Monarch Mixer (M2) model for `{data.pipeline_tag}`{origin} trained with m2-hf. M2 replaces attention "
-            "with gated long convolutions and dense MLPs with block-diagonal Monarch matrices."
+            f"A Monarch Mixer (M2) model for `{data.pipeline_tag}`{origin} trained with m2-hf. M2 mixes along the "
+            "sequence and the model width with sub-quadratic Monarch-structured operations instead of attention and "
+            "dense MLPs; the table below names this model's layers."
         )
     license_text = (
         "Apache-2.0, like the M2 code and released checkpoints."
         if data.license == "apache-2.0"
         else f"`{data.license}` (see the card metadata)."
     )
-    return ModelCard.from_template(
+    return build_model_card(
         data,
-        template_str=CARD_TEMPLATE,
         title=model_id.rstrip("/").split("/")[-1],
         description=description,
         details=_details(model, data.pipeline_tag, data.base_model, data.datasets),
         usage=_usage(model, data.pipeline_tag, data.library_name, model_id),
         remote_code=remote_code,
-        license=license_text,
+        license_text=license_text,
     )
 
 

@@ -184,3 +184,40 @@ def test_causal_folder_needs_its_generation_config(tmp_path):
 def test_unknown_model_classes_need_an_explicit_task():
     with pytest.raises(ValueError, match="pass pipeline_tag explicitly"):
         hub.model_card_data(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize(
+    "fields, present, absent",
+    [
+        ({}, ["bidirectional gated long convolutions", "residual long convolution", "GLU MLP", "block-diagonal"],
+         ["Monarch sequence", "order-2", "pre-norm"]),
+        ({"residual_long_conv": False, "glu_mlp": False}, ["gated long convolutions", "; MLP of width"],
+         ["residual", "GLU"]),
+        ({"bidirectional": False, "norm_position": "pre"}, ["causal gated long convolutions", "pre-norm"],
+         ["bidirectional"]),
+        ({"sequence_mixer": "monarch", "max_position_embeddings": 16},
+         ["Monarch sequence mixers (order-2 Monarch matrices over 16 positions, 4 x 4 blocks)", "block-diagonal"],
+         ["long convolution"]),
+        ({"monarch_mlp_order": 2}, ["order-2 Monarch projections"], ["block-diagonal"]),
+        ({"mixer_layernorm": True}, ["a LayerNorm at the start of every sequence mixer"], []),
+    ],
+    ids=["m2-bert", "plain-mlp", "m2-gpt", "monarch-mixer", "monarch-mlp", "mixer-layernorm"],
+)
+def test_architecture_sentence_follows_the_config(fields, present, absent, tmp_path):
+    """Both card builders (trained models and converted checkpoints) name the layers the config has."""
+    from m2_hf.conversion.heads import MODEL_KINDS, parameter_count
+    from m2_hf.conversion.model_cards import conversion_card
+
+    config = tiny_config(**fields)
+    sentence = hub.architecture_summary(config)
+    for part in present:
+        assert part in sentence, (part, sentence)
+    for part in absent:
+        assert part not in sentence, (part, sentence)
+    model = m2_hf.M2ForMaskedLM(config)
+    kind = MODEL_KINDS["masked-lm"]
+    for card in (
+        hub.model_card(model, "my-org/m2"),
+        conversion_card(config, kind, parameter_count(config, kind), "m2"),
+    ):
+        assert f"| Architecture | M2ForMaskedLM: {sentence} |" in card.text

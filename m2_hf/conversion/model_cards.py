@@ -1,7 +1,9 @@
 """Model cards for converted M2-BERT checkpoints.
 
-One template (`CARD_TEMPLATE`) renders both the card of every released checkpoint (from the preset table) and
-the card written into each converted folder. Regenerate the committed cards with
+The package's one card template (`m2_hf.hub.CARD_TEMPLATE`, built by `build_model_card`) renders both the card of
+every released checkpoint (from the preset table) and the card written into each converted folder; conversion adds
+its own sections (training, results, how to convert, padding, intended use, citation). Regenerate the committed
+cards with
 
     m2-hf model-cards model_cards/
 """
@@ -12,7 +14,15 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from ..hub import CODE_REPOSITORY, PAPER_URL, model_card_data
+from ..hub import (
+    CARD_TEMPLATE,
+    CODE_REPOSITORY,
+    PAPER_URL,
+    PROVENANCE_ROWS,
+    build_model_card,
+    model_card_data,
+    model_details,
+)
 from ..modeling.configuration_m2 import M2Config
 from .heads import MODEL_KINDS, ModelKind, parameter_count
 from .original import config_from_original
@@ -20,96 +30,42 @@ from .presets import BERT_GLUE_AVERAGES, PRESETS, RETRIEVAL_BLOG_URL, Preset
 
 TEMPLATE_FILE = "TEMPLATE.md"
 
-CARD_TEMPLATE = """---
-{{ card_data }}
----
-
-# {{ title }}
-
-{{ summary }}
-
-These weights were converted from the original checkpoint for the m2-hf package, which implements M2 models
-for Hugging Face Transformers. In float32 the converted model gives the original model's outputs.
-
-## Model details
-
-| | |
-|---|---|
-{% for label, value in details -%}
-| {{ label }} | {{ value }} |
-{% endfor -%}
-{% if training %}
-## Training
-
-{{ training }}
-{% endif -%}
-{% if glue_rows %}
-## Results
-
-GLUE average scores as published with the original code (`bert/README.md` of HazyResearch/m2):
-
-| model | GLUE average |
-|---|---|
-{% for name, score in glue_rows -%}
-| {{ name }} | {{ score }} |
-{% endfor -%}
-{% endif %}
-## How to convert
-
-Download the original checkpoint and, with m2-hf installed, run
+CONVERSION_NOTE = (
+    "These weights were converted from the original checkpoint for the m2-hf package, which implements M2 models "
+    "for Hugging Face Transformers. In float32 the converted model gives the original model's outputs."
+)
+USAGE_NOTE = (
+    "`import m2_hf` registers the M2 classes with the transformers Auto classes (no `trust_remote_code` needed)."
+)
+NO_TOKENIZER_NOTE = (
+    "No tokenizer was saved with these weights: save the tokenizer the model was trained with (bert-base-uncased "
+    "for the released checkpoints) into the folder, or load it separately."
+)
+CONVERT_SECTION = """Download the original checkpoint and, with m2-hf installed, run
 
 ```bash
-m2-hf convert {{ source_placeholder }} {{ model_path }} {{ convert_options }}
+m2-hf convert {source} {model_path} {options}
 ```
 
 The converter checks every tensor name and shape against the architecture and fails with a list of the
-mismatches instead of writing a partial folder.
-
-## How to use
-
-`import m2_hf` registers the M2 classes with the transformers Auto classes (no `trust_remote_code` needed).
-{% if not has_tokenizer %}
-No tokenizer was saved with these weights: save the tokenizer the model was trained with
-(bert-base-uncased for the released checkpoints) into the folder, or load it separately.
-{% endif %}
-```python
-{{ usage }}
-```
-
-## Padding
-
-{{ padding_note }}
-
-## Intended use and limitations
-
-{{ intended_use }}
-
-## License
-
-The original M2 code and checkpoints ([HazyResearch/m2]({{ code_repository }})) are released under the
-Apache-2.0 license; so are these converted weights.
-
-## Citation
-
-```bibtex
-@inproceedings{fu2023monarch,
+mismatches instead of writing a partial folder."""
+LICENSE_TEXT = (
+    f"The original M2 code and checkpoints ([HazyResearch/m2]({CODE_REPOSITORY})) are released under the "
+    "Apache-2.0 license; so are these converted weights."
+)
+M2_CITATION = """@inproceedings{fu2023monarch,
   title     = {Monarch Mixer: A Simple Sub-Quadratic GEMM-Based Architecture},
   author    = {Fu, Daniel Y. and Arora, Simran and Grogan, Jessica and Johnson, Isys and Eyuboglu, Sabri and
                Thomas, Armin W. and Spector, Benjamin and Poli, Michael and Rudra, Atri and R{\\'e}, Christopher},
   booktitle = {Advances in Neural Information Processing Systems},
   year      = {2023}
-}
-{%- if long_context %}
-
-@article{saadfalcon2024loco,
+}"""
+LOCO_CITATION = """@article{saadfalcon2024loco,
   title   = {Benchmarking and Building Long-Context Retrieval Models with LoCo and M2-BERT},
   author  = {Saad-Falcon, Jon and Fu, Daniel Y. and Arora, Simran and Guha, Neel and R{\\'e}, Christopher},
   journal = {arXiv preprint arXiv:2402.07440},
   year    = {2024}
-}
-{%- endif %}
-```
-"""
+}"""
 
 _MASKED_LM_USAGE = """import torch
 import m2_hf  # registers the M2 models with transformers
@@ -185,43 +141,22 @@ _INTENDED_USE = {
 }
 
 
-def _architecture(config: M2Config) -> str:
-    parts = [
-        f"{config.num_hidden_layers} layers, hidden size {config.hidden_size}",
-        f"GLU MLP of width {config.intermediate_size} with {config.monarch_mlp_nblocks}-block block-diagonal "
-        "(Monarch) projections"
-        if config.glu_mlp
-        else f"MLP of width {config.intermediate_size} with {config.monarch_mlp_nblocks}-block projections",
-        ("bidirectional" if config.bidirectional else "causal")
-        + f" gated long convolutions with implicit filters (order {config.filter_order})",
-    ]
-    if config.mixer_layernorm:
-        parts.append("a LayerNorm at the start of every sequence mixer")
-    return "M2-BERT encoder: " + "; ".join(parts)
-
-
 def _details(config: M2Config, kind: ModelKind, parameters: int, preset: Preset | None, source_name: str | None):
-    rows = [
-        ("Architecture", _architecture(config)),
-        ("Head", kind.description),
-        ("Parameters", f"{parameters:,}"),
-        ("Maximum sequence length", f"{config.max_sequence_length:,} tokens"),
+    rows = model_details(kind.class_name, config, parameters)
+    rows.insert(1, ("Head", kind.description))
+    rows.append(
         (
             "Vocabulary",
             f"{config.vocab_size:,} token ids (bert-base-uncased WordPiece, padded to a multiple of 8)"
             if config.vocab_size == 30528
             else f"{config.vocab_size:,} token ids",
-        ),
-    ]
+        )
+    )
     if preset is not None:
         rows.append(("Original weights", f"[{preset.weights}](https://huggingface.co/{preset.weights})"))
     if source_name is not None:
         rows.append(("Converted from", f"`{source_name}`"))
-    rows += [
-        ("Original code", f"[HazyResearch/m2]({CODE_REPOSITORY})"),
-        ("License", "Apache-2.0"),
-        ("Paper", f"[Monarch Mixer: A Simple Sub-Quadratic GEMM-Based Architecture]({PAPER_URL})"),
-    ]
+    rows += [*PROVENANCE_ROWS, ("License", "Apache-2.0")]
     if config.max_sequence_length > 128:
         rows.append(
             ("Long-context models", f"[Long-Context Retrieval Models with Monarch Mixer]({RETRIEVAL_BLOG_URL})")
@@ -277,32 +212,40 @@ def conversion_card(
         has_tokenizer: whether the folder holds tokenizer files.
     """
     if preset is not None:
-        source_placeholder, options = f"<{preset.weights.split('/')[-1]} checkpoint>", f"--preset {preset.name}"
+        source, options = f"<{preset.weights.split('/')[-1]} checkpoint>", f"--preset {preset.name}"
     else:
-        source_placeholder, options = "<original checkpoint>", "--config <original config.json>"
-    glue_rows = None
+        source, options = "<original checkpoint>", "--config <original config.json>"
+    before_usage = []
+    if preset is not None and preset.training:
+        before_usage.append(("Training", preset.training))
     if preset is not None and preset.glue_average is not None:
-        glue_rows = [(f"**{preset.title}**", f"**{preset.glue_average}**"), *BERT_GLUE_AVERAGES.items()]
+        rows = [(f"**{preset.title}**", f"**{preset.glue_average}**"), *BERT_GLUE_AVERAGES.items()]
+        table = "\n".join(f"| {name} | {score} |" for name, score in rows)
+        before_usage.append(
+            (
+                "Results",
+                "GLUE average scores as published with the original code (`bert/README.md` of HazyResearch/m2):"
+                f"\n\n| model | GLUE average |\n|---|---|\n{table}",
+            )
+        )
+    convert = CONVERT_SECTION.format(source=source, model_path=model_path, options=options)
+    before_usage.append(("How to convert", convert))
     padding_note = _ORIGINAL_PADDING
     if config.pad_to_max_length:
         padding_note += "\n\n" + _FULL_LENGTH_PADDING.format(length=f"{config.max_position_embeddings:,}")
-    return ModelCard.from_template(
+    intended_use = _INTENDED_USE[kind.name] if preset is not None else _GENERIC_INTENDED_USE
+    long_context = config.max_sequence_length > 128
+    return build_model_card(
         _card_data(config, kind),
-        template_str=CARD_TEMPLATE,
         title=preset.title if preset is not None else f"M2-BERT ({model_path})",
-        summary=_summary(kind, preset),
+        description=f"{_summary(kind, preset)}\n\n{CONVERSION_NOTE}",
         details=_details(config, kind, parameters, preset, source_name),
-        training=preset.training if preset is not None else None,
-        glue_rows=glue_rows,
-        source_placeholder=source_placeholder,
-        model_path=model_path,
-        convert_options=options,
-        has_tokenizer=has_tokenizer,
+        sections_before_usage=before_usage,
+        usage_note=USAGE_NOTE if has_tokenizer else f"{USAGE_NOTE}\n\n{NO_TOKENIZER_NOTE}",
         usage=_USAGE[kind.name].format(path=model_path),
-        padding_note=padding_note,
-        intended_use=_INTENDED_USE[kind.name] if preset is not None else _GENERIC_INTENDED_USE,
-        code_repository=CODE_REPOSITORY,
-        long_context=config.max_sequence_length > 128,
+        sections_after_usage=[("Padding", padding_note), ("Intended use and limitations", intended_use)],
+        license_text=LICENSE_TEXT,
+        citation=f"{M2_CITATION}\n\n{LOCO_CITATION}" if long_context else M2_CITATION,
     )
 
 
