@@ -50,13 +50,10 @@ def radix_forward_launches(backend: str):
     if backend != "triton-1-launch":
         yield
         return
-    from m2_hf.ops.long_conv import triton_long_conv_radix
+    from m2_hf.ops.long_conv import PlanLimits, plan_limits
 
-    triton_long_conv_radix.ONE_LAUNCH_FORWARD = True
-    try:
+    with plan_limits(PlanLimits(one_launch_forward=True)):
         yield
-    finally:
-        triton_long_conv_radix.ONE_LAUNCH_FORWARD = False
 
 
 def m2_bert_80m(length: int, backend: str) -> m2_hf.M2Model:

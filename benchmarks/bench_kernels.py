@@ -6,7 +6,7 @@ backward of every input (`train`), next to the op's floor: the least time any im
 
 - bytes: the op's inputs read once and outputs written once (bf16 activations; parameters are negligible).
 - flops: 2 x the multiply-adds of the op's matmuls. For the long convolution these are the dot products of its
-  DFT plan (`monarch_fft.fft_plan`, bf16 operands for bf16 inputs); the work of an FFT algorithm is not a
+  DFT plan (`m2_hf.ops.long_conv.fft_plan`, bf16 operands for bf16 inputs); the work of an FFT algorithm is not a
   property of the op, so that row states the floor of this algorithm.
 - peaks: 700 TFLOP/s bf16 (achievable dense rate of an H100/H200), and 3.35 TB/s (H100 SXM) or 4.3 TB/s (H200)
   memory bandwidth, or `--peak-tflops` / `--peak-tbps`.

@@ -8,7 +8,7 @@ without a GPU. The `path` column says how the "triton" row ran: one fused progra
 launches with a radix step (`radix R`, `L <= 32768`), or the torch.fft fallback. `--single-program-up-to N` adds a
 "triton-single" row that runs one program per row up to FFT size N (e.g. 8192), to time that choice against the
 radix step at the same lengths; `--one-launch-forward` adds a "triton-1-launch" row where the radix forward runs as
-one launch per (row, channel) (`triton_long_conv_radix.ONE_LAUNCH_FORWARD`). Numbers are reported, never asserted.
+one launch per (row, channel) (`PlanLimits.one_launch_forward`). Numbers are reported, never asserted.
 
     python benchmarks/bench_long_conv.py --output benchmarks/results/long-conv-$(date +%F).md
 """
@@ -16,7 +16,6 @@ one launch per (row, channel) (`triton_long_conv_radix.ONE_LAUNCH_FORWARD`). Num
 from __future__ import annotations
 
 import argparse
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,12 +23,14 @@ import torch
 from timing import measured_on, median_seconds
 
 from m2_hf.ops.long_conv import (
+    PlanLimits,
     fft_plan,
+    fft_size_for,
     fused_path_supported,
     gated_long_conv,
     long_conv_kernel,
     long_conv_spectrum,
-    monarch_fft,
+    plan_limits,
 )
 
 
@@ -79,16 +80,10 @@ def measure(backend, length, batch, channels, mode, device, dtype, warmup, repea
     return Row(backend, path, length, batch, mode, ms, peak_gb)
 
 
-def measure_variant(name, module_name, setting, value, *args) -> Row:
-    """`measure` of the "triton" path with `m2_hf.ops.long_conv.<module_name>.<setting> = value` for the call, as
-    the row `name`."""
-    module = importlib.import_module(f"m2_hf.ops.long_conv.{module_name}")
-    default = getattr(module, setting)
-    setattr(module, setting, value)
-    try:
+def measure_variant(name, limits: PlanLimits, *args) -> Row:
+    """`measure` of the "triton" path planned with `limits`, as the row `name`."""
+    with plan_limits(limits):
         return measure(name, *args)
-    finally:
-        setattr(module, setting, default)
 
 
 def header(device: torch.device, dtype: torch.dtype, channels: int, tokens: int) -> str:
@@ -139,13 +134,13 @@ def main(argv=None) -> list[Row]:
                 rows.append(measure(backend, *shape))
                 print(format_row(rows[-1], rows), flush=True)
             single = args.single_program_up_to
-            single_applies = single and monarch_fft.fft_size_for(length) <= single and fft_plan(length).radix > 1
+            single_applies = single and fft_size_for(length) <= single and fft_plan(length).radix > 1
             radix_plan = fft_plan(length) is not None and fft_plan(length).radix > 1
             variants = []
             if "triton" in backends and single_applies:
-                variants.append(("triton-single", "monarch_fft", "MAX_FUSED_FFT_SIZE", single))
+                variants.append(("triton-single", PlanLimits(max_fused_fft_size=single)))
             if "triton" in backends and args.one_launch_forward and radix_plan:
-                variants.append(("triton-1-launch", "triton_long_conv_radix", "ONE_LAUNCH_FORWARD", True))
+                variants.append(("triton-1-launch", PlanLimits(one_launch_forward=True)))
             for variant in variants:
                 rows.append(measure_variant(*variant, *shape))
                 print(format_row(rows[-1], rows), flush=True)

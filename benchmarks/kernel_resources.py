@@ -3,7 +3,7 @@
 Compiles each kernel of the fused long convolution for `--arch` (sm_90a: H100/H200) with the launch settings the
 package uses, bf16 inputs, and reads the register and spill counts from `ptxas -v` (the ptxas that Triton's
 NVIDIA backend ships). Where a plan spills or runs out of shared memory, the runtime cannot be good, which is how
-`monarch_fft.MAX_FUSED_FFT_SIZE` and `RADIX_INNER_FFT_SIZE` were chosen. `--max-fused-fft-size` compiles the
+`PlanLimits.max_fused_fft_size` and `radix_inner_fft_size` (`m2_hf/ops/long_conv/plan.py`) were chosen. `--max-fused-fft-size` compiles the
 single-program kernels for larger plans too.
 
     python benchmarks/kernel_resources.py --lengths 512 1024 2048 4096 32768
@@ -26,7 +26,9 @@ import triton.backends.nvidia  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from m2_hf.ops.long_conv import monarch_fft, triton_long_conv, triton_long_conv_radix  # noqa: E402
+from m2_hf.ops.long_conv import PlanLimits, fft_plan  # noqa: E402
+from m2_hf.ops.long_conv import kernels as single_program  # noqa: E402
+from m2_hf.ops.long_conv import radix_kernels  # noqa: E402
 
 BF16_POINTERS = {
     "u_ptr", "pre_gate_ptr", "post_gate_ptr", "out_ptr", "grad_out_ptr", "grad_u_ptr", "grad_pre_gate_ptr",
@@ -80,18 +82,18 @@ def compile_kernel(kernel, constexprs: dict, num_warps: int, num_stages: int, ar
     return registers, spills, compiled.metadata.shared
 
 
-def kernels_for(length: int):
+def kernels_for(length: int, limits: PlanLimits | None = None):
     """`(name, kernel, constexprs, num_warps, num_stages)` of every kernel the plan for `length` launches."""
-    plan = monarch_fft.fft_plan(length)
+    plan = fft_plan(length, limits)
     gates = dict(HAS_PRE_GATE=True, HAS_POST_GATE=True, PRECISION="bf16")
     if plan.radix == 1:
         meta = dict(gates, OUTER=plan.outer, INNER=plan.inner, BLOCK_ROWS=plan.block_rows,
                     TIME_ROWS=plan.time_rows, TIME_COLS=plan.time_cols)
-        warps = triton_long_conv._num_warps(plan)
-        yield "forward", triton_long_conv._gated_long_conv_fwd_kernel, meta, warps, 3
-        yield "backward", triton_long_conv._gated_long_conv_bwd_kernel, meta, warps, 3
+        warps = single_program._num_warps(plan)
+        yield "forward", single_program._gated_long_conv_fwd_kernel, meta, warps, 3
+        yield "backward", single_program._gated_long_conv_bwd_kernel, meta, warps, 3
         return
-    radix = triton_long_conv_radix
+    radix = radix_kernels
     meta = dict(gates, RADIX=plan.radix, OUTER=plan.outer, INNER=plan.inner, TIME_ROWS=plan.time_rows)
     yield "subsequence DFT", radix._subsequence_dft_kernel, dict(meta, WITH_GRAD=False), 8, 1
     yield "subsequence DFT (backward)", radix._subsequence_dft_kernel, dict(meta, WITH_GRAD=True), 8, 1
@@ -111,13 +113,12 @@ def main(argv=None) -> list[Resources]:
     parser.add_argument("--arch", type=int, default=90)
     parser.add_argument("--max-fused-fft-size", type=int, help="single-program plans up to this FFT size")
     args = parser.parse_args(argv)
-    if args.max_fused_fft_size:
-        monarch_fft.MAX_FUSED_FFT_SIZE = args.max_fused_fft_size
+    limits = PlanLimits(max_fused_fft_size=args.max_fused_fft_size) if args.max_fused_fft_size else None
     print(f"sm_{args.arch}a, triton {triton.__version__}, bf16 inputs\n")
     print("| L | kernel | registers | spill bytes | shared KB |\n|---|---|---|---|---|")
     rows = []
     for length in args.lengths:
-        for name, kernel, constexprs, warps, stages in kernels_for(length):
+        for name, kernel, constexprs, warps, stages in kernels_for(length, limits):
             registers, spills, shared = compile_kernel(kernel, constexprs, warps, stages, args.arch)
             rows.append(Resources(name, length, registers, spills, shared))
             print(f"| {length} | {name} | {registers} | {spills} | {shared / 1024:.0f} |", flush=True)

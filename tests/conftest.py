@@ -41,11 +41,14 @@ def poison_kernel_buffers(monkeypatch):
     monkeypatch.setattr(m2_hf.ops.backend, "new_buffer", nan_buffer)
 
 
-@pytest.fixture
-def small_radix_plans(monkeypatch):
-    """The long convolution's radix step from FFT size 512 on, over subsequences of 256: the three-launch path
-    at lengths the interpreter runs quickly."""
-    from m2_hf.ops.long_conv import monarch_fft
+SMALL_RADIX_LIMITS = {"max_fused_fft_size": 256, "radix_inner_fft_size": 256}
 
-    monkeypatch.setattr(monarch_fft, "MAX_FUSED_FFT_SIZE", 256)
-    monkeypatch.setattr(monarch_fft, "RADIX_INNER_FFT_SIZE", 256)
+
+@pytest.fixture
+def small_radix_plans():
+    """The long convolution's radix step from FFT size 512 on, over subsequences of 256: the three-launch path
+    at lengths the interpreter runs quickly (for whole models too)."""
+    from m2_hf.ops.long_conv import PlanLimits, plan_limits
+
+    with plan_limits(PlanLimits(**SMALL_RADIX_LIMITS)) as limits:
+        yield limits

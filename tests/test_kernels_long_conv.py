@@ -17,12 +17,14 @@ from m2_hf.ops.long_conv import (
     gated_long_conv_reference,
     long_conv_kernel,
     long_conv_spectrum,
+    PlanLimits,
     monarch_spectrum,
-    triton_long_conv,
-    triton_long_conv_radix,
+    plan_limits,
 )
+from m2_hf.ops.long_conv import kernels as single_program_kernels
+from m2_hf.ops.long_conv import radix_kernels
 
-gated_long_conv_module = importlib.import_module("m2_hf.ops.long_conv.gated_long_conv")
+fused_module = importlib.import_module("m2_hf.ops.long_conv.fused")
 
 # dense DFT (N = 16, 32, 128), two Monarch factors (16x16, 16x32, 32x32, 64x64); odd and non-power-of-two lengths
 LENGTHS = [7, 16, 33, 64, 100, 200, 300]
@@ -193,17 +195,32 @@ def test_radix_step_ungated_and_fp16(seq_len, small_radix_plans):
 
 
 @pytest.mark.parametrize("seq_len", [129, 400, 2000])
-def test_one_launch_radix_forward_matches_reference(seq_len, small_radix_plans, monkeypatch):
+def test_one_launch_radix_forward_matches_reference(seq_len, small_radix_plans):
     """The forward as one launch per (row, channel), its phases separated by barriers."""
-    monkeypatch.setattr(triton_long_conv_radix, "ONE_LAUNCH_FORWARD", True)
-    check_against_reference(make_inputs(2, 3, seq_len, bidirectional=True, gated=True), rtol=1e-5)
-    check_against_reference(make_inputs(1, 2, seq_len, bidirectional=False, gated=False), rtol=1e-5)
+    limits = PlanLimits(small_radix_plans.max_fused_fft_size, small_radix_plans.radix_inner_fft_size, True)
+    with plan_limits(limits):
+        assert fft_plan(seq_len).one_launch_forward
+        check_against_reference(make_inputs(2, 3, seq_len, bidirectional=True, gated=True), rtol=1e-5)
+        check_against_reference(make_inputs(1, 2, seq_len, bidirectional=False, gated=False), rtol=1e-5)
 
 
-def test_one_launch_radix_forward_at_a_real_plan_size(monkeypatch):
-    monkeypatch.setattr(triton_long_conv_radix, "ONE_LAUNCH_FORWARD", True)
+def test_one_launch_radix_forward_at_a_real_plan_size():
     inputs = make_inputs(1, 1, 4097, bidirectional=True, gated=True)
-    assert_close_to(gated_long_conv(*inputs, backend="triton"), gated_long_conv_reference(*inputs), rtol=1e-5)
+    limits = PlanLimits(one_launch_forward=True)
+    out = gated_long_conv(*inputs, backend="triton", limits=limits)
+    assert_close_to(out, gated_long_conv_reference(*inputs), rtol=1e-5)
+
+
+def test_plan_limits_are_arguments_with_checked_defaults():
+    assert fft_plan(1025).radix == 2 and fft_plan(1025, PlanLimits(max_fused_fft_size=4096)).radix == 1
+    assert fft_plan(200, PlanLimits(256, 256)).radix == 2
+    with plan_limits(PlanLimits(256, 256)):
+        assert fft_plan(200).radix == 2
+    assert fft_plan(200).radix == 1  # the context is left
+    with pytest.raises(ValueError, match="power of two"):
+        PlanLimits(max_fused_fft_size=1000)
+    with pytest.raises(ValueError, match="must not exceed"):
+        PlanLimits(max_fused_fft_size=256, radix_inner_fft_size=512)
 
 
 @pytest.mark.parametrize("seq_len, radix", [(1025, 2), (2049, 4), (4097, 8), (32768, 32)])
@@ -217,10 +234,10 @@ def test_lengths_beyond_the_radix_plans_fall_back_to_torch_under_auto(monkeypatc
     def refuse(*args, **kwargs):
         raise AssertionError("the fused kernel must not run for this call")
 
-    monkeypatch.setattr(triton_long_conv, "gated_long_conv_fwd_triton", refuse)
-    monkeypatch.setattr(triton_long_conv_radix, "gated_long_conv_fwd_radix", refuse)
+    monkeypatch.setattr(single_program_kernels, "gated_long_conv_fwd_triton", refuse)
+    monkeypatch.setattr(radix_kernels, "gated_long_conv_fwd_radix", refuse)
     # "auto" as on a CUDA tensor: the kernels would run if they covered the call
-    monkeypatch.setattr(gated_long_conv_module, "use_triton", lambda tensor, backend="auto": True)
+    monkeypatch.setattr(fused_module, "use_triton", lambda tensor, backend="auto": True)
     seq_len = MAX_RADIX_FFT_SIZE // 2 + 1
     inputs = make_inputs(1, 2, seq_len, bidirectional=True, gated=True)
     assert not fused_path_supported(inputs[0], inputs[1])
@@ -260,9 +277,11 @@ def test_opcheck(gated):
 
 
 def test_opcheck_radix_step(small_radix_plans):
+    """The op takes the plan limits as arguments (here those of `small_radix_plans`)."""
     u, spectrum, skip, pre_gate, post_gate = make_inputs(1, 2, 300, bidirectional=True, gated=True)
     layout = monarch_spectrum(spectrum, 300).detach().requires_grad_()
-    torch.library.opcheck(gated_long_conv_monarch, (u, layout, skip, pre_gate, post_gate))
+    limits = (small_radix_plans.max_fused_fft_size, small_radix_plans.radix_inner_fft_size, False)
+    torch.library.opcheck(gated_long_conv_monarch, (u, layout, skip, pre_gate, post_gate, *limits))
 
 
 @pytest.mark.parametrize("kernel_backend", ["torch", "triton"])

@@ -1,12 +1,30 @@
-"""Long convolution computed with FFTs: the torch.fft reference and fused Triton kernels (Monarch FFTs)."""
+"""Long convolution computed with FFTs: the torch.fft reference and fused Triton kernels (Monarch FFTs).
 
-from .gated_long_conv import fft_long_conv, fused_path_supported, gated_long_conv, gated_long_conv_monarch
-from .monarch_fft import MAX_FUSED_FFT_SIZE, MAX_RADIX_FFT_SIZE, fft_plan, fft_size_for, monarch_spectrum
+Files, as for every op: `reference.py` (torch.fft), `fused.py` (the custom ops and the dispatching entry point),
+`plan.py` (tile geometry, DFT tables, the spectrum layout, `PlanLimits`), `tiles.py` (Triton helpers shared by
+the kernels), `kernels.py` (one program per FFT) and `radix_kernels.py` (the radix step beyond one program).
+"""
+
+from .fused import fft_long_conv, fused_path_supported, gated_long_conv, gated_long_conv_monarch
+from .plan import (
+    DEFAULT_PLAN_LIMITS,
+    MAX_FUSED_FFT_SIZE,
+    MAX_RADIX_FFT_SIZE,
+    PlanLimits,
+    current_plan_limits,
+    fft_plan,
+    fft_size_for,
+    monarch_spectrum,
+    plan_limits,
+)
 from .reference import fft_long_conv_reference, gated_long_conv_reference, long_conv_kernel, long_conv_spectrum
 
 __all__ = [
+    "DEFAULT_PLAN_LIMITS",
     "MAX_FUSED_FFT_SIZE",
     "MAX_RADIX_FFT_SIZE",
+    "PlanLimits",
+    "current_plan_limits",
     "fft_long_conv",
     "fft_long_conv_reference",
     "fft_plan",
@@ -18,4 +36,5 @@ __all__ = [
     "long_conv_kernel",
     "long_conv_spectrum",
     "monarch_spectrum",
+    "plan_limits",
 ]

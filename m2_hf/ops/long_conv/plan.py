@@ -1,4 +1,4 @@
-"""The FFT of the fused long convolution as a Monarch product of small DFT matrices.
+"""The plan of the fused long convolution: its FFT as a Monarch product of small DFT matrices, and the tables.
 
 A length-`N` DFT with `N = N1 * N2` is computed on the signal reshaped row-major to `N1 x N2`
 (`x[n1, n2] = x[n1 * N2 + n2]`):
@@ -22,7 +22,7 @@ Beyond one program (up to `MAX_RADIX_FFT_SIZE`, i.e. `L <= 32768`) a radix step 
 
 Each `DFT_M` is the two-factor product on a real signal, so it is Hermitian: only its Monarch rows
 `k1 <= outer / 2` are kept (`stored_rows`), and the kernels rebuild the others by conjugate symmetry
-(`triton_long_conv_radix.py`). Longer sequences take the torch.fft path.
+(`radix_kernels.py`). Longer sequences take the torch.fft path. `PlanLimits` moves the thresholds.
 
 Padding the FFT beyond `2 L` is exact: the outputs `n < L` of the length-`2 L` circular convolution only use the
 kernel's lags `-(L - 1) .. L - 1`, which `monarch_spectrum` places at the same lags of the longer circle.
@@ -30,7 +30,9 @@ kernel's lags `-(L - 1) .. L - 1`, which `monarch_spectrum` places at the same l
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -44,6 +46,57 @@ RADIX_INNER_FFT_SIZE = 2048
 MAX_RADIX_FFT_SIZE = 65536
 DENSE_BLOCK_ROWS = 16
 MIN_DOT_SIZE = 16
+
+
+@dataclass(frozen=True)
+class PlanLimits:
+    """Where the plans change strategy; the defaults are the tuned ones. Tests and benchmarks pass others (for
+    example the radix step at sizes the interpreter runs quickly) to `fft_plan`, or for whole models through
+    `plan_limits`.
+
+    Attributes:
+        max_fused_fft_size: the largest FFT one program computes; beyond it the radix step takes over.
+        radix_inner_fft_size: the FFT size `M` of each radix subsequence.
+        one_launch_forward: run the radix forward's three phases in one program per (row, channel), separated by
+            barriers, so that its spectra can stay in L2 (`benchmarks/kernel-notes.md`); off until a GPU run times
+            it against the three launches.
+    """
+
+    max_fused_fft_size: int = MAX_FUSED_FFT_SIZE
+    radix_inner_fft_size: int = RADIX_INNER_FFT_SIZE
+    one_launch_forward: bool = False
+
+    def __post_init__(self):
+        for name in ("max_fused_fft_size", "radix_inner_fft_size"):
+            value = getattr(self, name)
+            if value < 2 * MAX_DENSE_FFT_SIZE or value & (value - 1):
+                raise ValueError(f"PlanLimits.{name} must be a power of two >= {2 * MAX_DENSE_FFT_SIZE}, got {value}.")
+        if self.radix_inner_fft_size > self.max_fused_fft_size:
+            raise ValueError(
+                f"PlanLimits.radix_inner_fft_size ({self.radix_inner_fft_size}) must not exceed max_fused_fft_size "
+                f"({self.max_fused_fft_size}): a radix subsequence is one program's FFT."
+            )
+
+
+DEFAULT_PLAN_LIMITS = PlanLimits()
+# Set only by `plan_limits` (a plain attribute rather than a context variable, so that torch.compile traces it).
+_active_limits = DEFAULT_PLAN_LIMITS
+
+
+@contextlib.contextmanager
+def plan_limits(limits: PlanLimits) -> Iterator[PlanLimits]:
+    """Plan every fused long convolution in this context (whole models included) with `limits`."""
+    global _active_limits
+    previous, _active_limits = _active_limits, limits
+    try:
+        yield limits
+    finally:
+        _active_limits = previous
+
+
+def current_plan_limits() -> PlanLimits:
+    """The limits in force: those of the innermost `plan_limits` context, else the defaults."""
+    return _active_limits
 
 
 @dataclass(frozen=True)
@@ -66,6 +119,7 @@ class FFTPlan:
     time_cols: int
     freq_rows: int
     radix: int = 1
+    one_launch_forward: bool = False
 
     @property
     def dense(self) -> bool:
@@ -92,18 +146,24 @@ def fft_size_for(seq_len: int) -> int:
     return max(MIN_FFT_SIZE, 1 << math.ceil(math.log2(2 * seq_len)))
 
 
-def fft_plan(seq_len: int) -> FFTPlan | None:
-    """The tile geometry for `seq_len`, or None when the FFT is longer than `MAX_RADIX_FFT_SIZE`."""
+def fft_plan(seq_len: int, limits: PlanLimits | None = None) -> FFTPlan | None:
+    """The tile geometry for `seq_len` under `limits` (default: `current_plan_limits()`), or None when the FFT is
+    longer than `MAX_RADIX_FFT_SIZE`."""
     if seq_len < 1:
         raise ValueError(f"seq_len must be positive, got {seq_len}.")
+    limits = current_plan_limits() if limits is None else limits
     fft_size = fft_size_for(seq_len)
     if fft_size > MAX_RADIX_FFT_SIZE:
         return None
-    if fft_size > MAX_FUSED_FFT_SIZE:
-        outer, inner = _two_factors(RADIX_INNER_FFT_SIZE)
+    if fft_size > limits.max_fused_fft_size:
+        subsequence_size = limits.radix_inner_fft_size
+        outer, inner = _two_factors(subsequence_size)
         # each subsequence has at most M / 2 nonzero samples (L <= N / 2)
         time_rows = max(outer // 2, MIN_DOT_SIZE)
-        return FFTPlan(seq_len, fft_size, outer, inner, 1, time_rows, inner, outer, fft_size // RADIX_INNER_FFT_SIZE)
+        radix = fft_size // subsequence_size
+        return FFTPlan(
+            seq_len, fft_size, outer, inner, 1, time_rows, inner, outer, radix, limits.one_launch_forward
+        )
     if fft_size <= MAX_DENSE_FFT_SIZE:
         # the nonzero half of the padded signal, at least one dot operand wide
         time_cols = max(fft_size // 2, MIN_DOT_SIZE)
@@ -155,13 +215,14 @@ def radix_tables(radix: int, outer: int, inner: int, device: torch.device) -> tu
     return tuple(table.to(device) for table in tables)
 
 
-def monarch_spectrum(spectrum: torch.Tensor, seq_len: int) -> torch.Tensor:
+def monarch_spectrum(spectrum: torch.Tensor, seq_len: int, limits: PlanLimits | None = None) -> torch.Tensor:
     """The filter spectrum in the layout of the fused kernels.
 
     Args:
         spectrum: `[H, seq_len + 1]` complex, from `long_conv_spectrum(kernel, seq_len)` (FFT size `2 * seq_len`,
             scaled by `1 / (2 * seq_len)`).
         seq_len: the sequence length `L`.
+        limits: the plan limits (default: `current_plan_limits()`).
 
     Returns:
         `[H, 2, plan.spectrum_size]` float32: the real and imaginary planes of the length-`N` spectrum `K`
@@ -170,7 +231,7 @@ def monarch_spectrum(spectrum: torch.Tensor, seq_len: int) -> torch.Tensor:
         `[(j * stored_rows + k1) * inner + k2]` holds frequency `k1 + outer * k2 + M * j` for the stored rows
         `k1 < stored_rows`. Differentiable in `spectrum`.
     """
-    plan = fft_plan(seq_len)
+    plan = fft_plan(seq_len, limits)
     if plan is None:
         raise ValueError(f"seq_len={seq_len} needs an FFT larger than {MAX_RADIX_FFT_SIZE}.")
     channels = spectrum.shape[0]

@@ -2,10 +2,11 @@
 
 `gated_long_conv(u, spectrum, skip, pre_gate, post_gate)` computes
 `post_gate * (conv(u * pre_gate, k) + skip * (u * pre_gate))` and is the entry point the models call. It takes
-the fused kernels when `use_triton(u, backend)` says so and `monarch_fft.fft_plan` covers the length (FFT sizes up
+the fused kernels when `use_triton(u, backend)` says so and `plan.fft_plan` covers the length (FFT sizes up
 to `MAX_RADIX_FFT_SIZE`, i.e. `L <= 32768`: one program per row up to `MAX_FUSED_FFT_SIZE`, `L <= 1024`, three
-launches with a radix step beyond), with fp32/fp16/bf16 inputs and a complex64 spectrum. Everything else (longer
-sequences, float64, CPU without the interpreter) takes `gated_long_conv_reference`, the torch.fft path.
+launches with a radix step beyond; `plan.PlanLimits` moves these thresholds), with fp32/fp16/bf16 inputs and a
+complex64 spectrum. Everything else (longer sequences, float64, CPU without the interpreter) takes
+`gated_long_conv_reference`, the torch.fft path, unless the `"triton"` backend was forced, which then raises.
 
 The fused path converts the `[H, L + 1]` spectrum to the kernels' layout with `monarch_spectrum` (torch ops, so
 autograd carries its gradient back to `spectrum`) and calls the op `m2hf::gated_long_conv_monarch`, whose
@@ -18,10 +19,11 @@ from typing import Optional
 import torch
 
 from ..backend import resolve_backend, use_triton
-from .monarch_fft import MAX_RADIX_FFT_SIZE, fft_plan, monarch_spectrum
+from .plan import MAX_RADIX_FFT_SIZE, PlanLimits, current_plan_limits, fft_plan, monarch_spectrum
 from .reference import gated_long_conv_reference
 
 FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+DEFAULT_LIMITS = PlanLimits()
 
 
 def _unit_stride(tensor: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -31,8 +33,12 @@ def _unit_stride(tensor: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return tensor.contiguous()
 
 
-def _checked_plan(u: torch.Tensor, spectrum: torch.Tensor):
-    plan = fft_plan(u.shape[-1])
+def _limits(max_fused_fft_size: int, radix_inner_fft_size: int, one_launch_forward: bool) -> PlanLimits:
+    return PlanLimits(max_fused_fft_size, radix_inner_fft_size, one_launch_forward)
+
+
+def _checked_plan(u: torch.Tensor, spectrum: torch.Tensor, limits: PlanLimits):
+    plan = fft_plan(u.shape[-1], limits)
     if plan is None or spectrum.shape != (u.shape[1], 2, plan.spectrum_size):
         raise ValueError(
             f"spectrum must be monarch_spectrum(..., {u.shape[-1]}) of shape [H, 2, plan.spectrum_size] for u of "
@@ -48,30 +54,36 @@ def gated_long_conv_monarch(
     skip: torch.Tensor,
     pre_gate: Optional[torch.Tensor] = None,
     post_gate: Optional[torch.Tensor] = None,
+    max_fused_fft_size: int = DEFAULT_LIMITS.max_fused_fft_size,
+    radix_inner_fft_size: int = DEFAULT_LIMITS.radix_inner_fft_size,
+    one_launch_forward: bool = DEFAULT_LIMITS.one_launch_forward,
 ) -> torch.Tensor:
     """Fused gated long convolution on the Triton kernels (CUDA, or CPU under `TRITON_INTERPRET=1`).
 
     Args:
         u: `[B, H, L]` float32, float16 or bfloat16.
-        spectrum: `[H, 2, S]` float32 from `monarch_spectrum(spectrum, L)`; cacheable per filter and length.
+        spectrum: `[H, 2, S]` float32 from `monarch_spectrum(spectrum, L, limits)`; cacheable per filter, length
+            and limits.
         skip: `[H]`.
         pre_gate, post_gate: `[B, H, L]` (stride 0 along broadcast dimensions is fine), or None.
+        max_fused_fft_size, radix_inner_fft_size, one_launch_forward: the fields of the `PlanLimits` planning it.
 
     Returns:
         A new contiguous `[B, H, L]` tensor in `u`'s dtype.
     """
-    plan = _checked_plan(u, spectrum)
+    plan = _checked_plan(u, spectrum, _limits(max_fused_fft_size, radix_inner_fft_size, one_launch_forward))
     if plan.radix == 1:
-        from .triton_long_conv import gated_long_conv_fwd_triton as forward
+        from .kernels import gated_long_conv_fwd_triton as forward
     else:
-        from .triton_long_conv_radix import gated_long_conv_fwd_radix as forward
+        from .radix_kernels import gated_long_conv_fwd_radix as forward
     return forward(
         _unit_stride(u), spectrum.contiguous(), skip.contiguous(), _unit_stride(pre_gate), _unit_stride(post_gate), plan
     )
 
 
 @gated_long_conv_monarch.register_fake
-def _(u, spectrum, skip, pre_gate=None, post_gate=None):
+def _(u, spectrum, skip, pre_gate=None, post_gate=None, max_fused_fft_size=0, radix_inner_fft_size=0,
+      one_launch_forward=False):
     return u.new_empty(u.shape)
 
 
@@ -83,14 +95,17 @@ def gated_long_conv_monarch_backward(
     skip: torch.Tensor,
     pre_gate: Optional[torch.Tensor],
     post_gate: Optional[torch.Tensor],
+    max_fused_fft_size: int,
+    radix_inner_fft_size: int,
+    one_launch_forward: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of `gated_long_conv_monarch`: `(grad_u, grad_spectrum, grad_skip, grad_pre_gate,
     grad_post_gate)`, an empty tensor standing for the gradient of an absent gate."""
-    plan = _checked_plan(u, spectrum)
+    plan = _checked_plan(u, spectrum, _limits(max_fused_fft_size, radix_inner_fft_size, one_launch_forward))
     if plan.radix == 1:
-        from .triton_long_conv import gated_long_conv_bwd_triton as backward
+        from .kernels import gated_long_conv_bwd_triton as backward
     else:
-        from .triton_long_conv_radix import gated_long_conv_bwd_radix as backward
+        from .radix_kernels import gated_long_conv_bwd_radix as backward
     grad_u, grad_spectrum, grad_skip, grad_pre_gate, grad_post_gate = backward(
         _unit_stride(grad_out), _unit_stride(u), spectrum.contiguous(), skip.contiguous(),
         _unit_stride(pre_gate), _unit_stride(post_gate), plan,
@@ -105,7 +120,7 @@ def gated_long_conv_monarch_backward(
 
 
 @gated_long_conv_monarch_backward.register_fake
-def _(grad_out, u, spectrum, skip, pre_gate, post_gate):
+def _(grad_out, u, spectrum, skip, pre_gate, post_gate, max_fused_fft_size, radix_inner_fft_size, one_launch_forward):
     return (
         u.new_empty(u.shape),
         spectrum.new_empty(spectrum.shape),
@@ -116,13 +131,14 @@ def _(grad_out, u, spectrum, skip, pre_gate, post_gate):
 
 
 def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
+    ctx.save_for_backward(*inputs[:5])
+    ctx.limits = inputs[5:]
 
 
 def _backward(ctx, grad_out):
     u, spectrum, skip, pre_gate, post_gate = ctx.saved_tensors
     grad_u, grad_spectrum, grad_skip, grad_pre_gate, grad_post_gate = gated_long_conv_monarch_backward(
-        grad_out, u, spectrum, skip, pre_gate, post_gate
+        grad_out, u, spectrum, skip, pre_gate, post_gate, *ctx.limits
     )
     return (
         grad_u,
@@ -130,6 +146,7 @@ def _backward(ctx, grad_out):
         grad_skip,
         None if pre_gate is None else grad_pre_gate,
         None if post_gate is None else grad_post_gate,
+        *(None for _ in ctx.limits),
     )
 
 
@@ -148,6 +165,7 @@ def gated_long_conv(
     pre_gate: Optional[torch.Tensor] = None,
     post_gate: Optional[torch.Tensor] = None,
     backend: str = "auto",
+    limits: Optional[PlanLimits] = None,
 ) -> torch.Tensor:
     """Gated long convolution `post_gate * (conv(u * pre_gate, k) + skip * (u * pre_gate))`.
 
@@ -158,6 +176,7 @@ def gated_long_conv(
         pre_gate, post_gate: broadcastable to `u` (e.g. a `[B, 1, L]` padding mask folded into a gate), or None.
         backend: `"auto"`, `"triton"` or `"torch"` (see `m2_hf.ops.backend`). With `"auto"`, lengths or dtypes
             the fused kernels do not cover take the torch.fft path; forcing `"triton"` on them raises.
+        limits: the `PlanLimits` of the fused kernels' plan (default: `current_plan_limits()`).
 
     Returns:
         `[B, H, L]` in `u`'s dtype.
@@ -176,7 +195,12 @@ def gated_long_conv(
         pre_gate = pre_gate.expand_as(u)
     if post_gate is not None:
         post_gate = post_gate.expand_as(u)
-    return gated_long_conv_monarch(u, monarch_spectrum(spectrum, u.shape[-1]), skip, pre_gate, post_gate)
+    limits = current_plan_limits() if limits is None else limits
+    kernel_spectrum = monarch_spectrum(spectrum, u.shape[-1], limits)
+    return gated_long_conv_monarch(
+        u, kernel_spectrum, skip, pre_gate, post_gate,
+        limits.max_fused_fft_size, limits.radix_inner_fft_size, limits.one_launch_forward,
+    )
 
 
 def fft_long_conv(u: torch.Tensor, spectrum: torch.Tensor, skip: torch.Tensor, backend: str = "auto") -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Triton kernels of the gated long convolution for FFTs longer than one program (`N = radix * M`).
 
-The math is that of `triton_long_conv.py` (forward, backward and the notation there); here the length-`N` DFT is
-a radix step over `radix` interleaved subsequences `x_r[m] = x[r + radix * m]` (`monarch_fft.py`):
+The math is that of `kernels.py` (forward, backward and the notation there); here the length-`N` DFT is
+a radix step over `radix` interleaved subsequences `x_r[m] = x[r + radix * m]` (`plan.py`):
 
     X[k + M * j] = sum_r F_radix[j, r] * exp(-2 pi i * r * k / N) * DFT_M(x_r)[k]
 
@@ -17,7 +17,7 @@ bfloat16 inputs, whose products round their operands to bfloat16 anyway, float32
    subsequence (that is `Re(IDFT_N)` on the positions `r + radix * m`), then the skip term and the gates.
 
 A kernel 1 or 3 program owns one (batch row, channel) and loops over the subsequences; a kernel 2 program owns
-one block of frequencies of one channel and loops over the batch. With `ONE_LAUNCH_FORWARD`, the forward runs the
+one block of frequencies of one channel and loops over the batch. With `plan.one_launch_forward`, the forward runs the
 three phases in one program per (batch row, channel), separated by barriers, so that its spectra need not leave L2.
 """
 
@@ -28,29 +28,26 @@ import triton
 import triton.language as tl
 
 from .. import backend
-from .monarch_fft import FFTPlan, dft_tables, radix_tables
-from .triton_long_conv import (
-    _round_to_bf16,
-    _complex_mul,
-    _conj_mul,
-    _dft,
-    _dft_tables,
-    _dot,
-    _dot_precision,
-    _inverse_dft_real,
-    _load_backward_inputs,
-    _load_gated_input,
-    _load_rows,
-    _store_gated_output,
-    _store_input_grads,
-    _store_rows,
-    _strides,
+from .plan import FFTPlan, dft_tables, radix_tables
+from .tiles import (
+    complex_mul,
+    conj_mul,
+    dft,
+    dot,
+    dot_precision,
+    inverse_dft_real,
+    load_backward_inputs,
+    load_dft_tables,
+    load_gated_input,
+    load_rows,
+    round_to_bf16,
+    store_gated_output,
+    store_input_grads,
+    store_rows,
+    strides,
 )
 
 RADIX_BLOCK = 64
-# The forward as one launch per (row, channel) rather than three: its spectra can stay in L2 between the phases
-# (benchmarks/kernel-notes.md). Off until a GPU run times it against the three launches.
-ONE_LAUNCH_FORWARD = False
 
 
 @triton.jit
@@ -66,7 +63,7 @@ def _store_spectrum(ptr, value, mask):
     """Store float32 `value` in the spectra's dtype, rounding to nearest for bfloat16 (the interpreter's cast
     truncates)."""
     if ptr.dtype.element_ty == tl.bfloat16:
-        value = _round_to_bf16(value)
+        value = round_to_bf16(value)
     tl.store(ptr, value.to(ptr.dtype.element_ty), mask=mask)
 
 
@@ -109,25 +106,25 @@ def _subsequence_dfts(
     the gated output gradient `WITH_GRAD`)."""
     stored: tl.constexpr = (OUTER // 2 + 1) * INNER
     spectra = (row * channels + channel) * 2 * RADIX * stored
-    head_re, head_im, inner_re, inner_im, twiddle_re, twiddle_im = _dft_tables(
+    head_re, head_im, inner_re, inner_im, twiddle_re, twiddle_im = load_dft_tables(
         dft_outer_ptr, dft_inner_ptr, twiddle_ptr, OUTER, INNER, TIME_ROWS, INNER
     )
     for subsequence in range(RADIX):
         positions, mask = _subsequence_tile(subsequence, seq_len, RADIX, TIME_ROWS, INNER)
-        gated_input = _load_gated_input(
+        gated_input = load_gated_input(
             u_ptr, pre_gate_ptr, row, channel, positions, mask, u_stride_b, u_stride_h, pre_stride_b, pre_stride_h,
             HAS_PRE_GATE,
         )
-        freq_re, freq_im = _dft(
+        freq_re, freq_im = dft(
             gated_input, head_re, head_im, inner_re, inner_im, twiddle_re, twiddle_im, OUTER, PRECISION
         )
         offset = spectra + subsequence * stored
         _store_stored_rows(input_freq_ptr + offset, freq_re, freq_im, RADIX * stored, OUTER, INNER)
         if WITH_GRAD:
-            gated_grad = _load_rows(grad_out_ptr, row, channel, positions, mask, grad_stride_b, grad_stride_h)
+            gated_grad = load_rows(grad_out_ptr, row, channel, positions, mask, grad_stride_b, grad_stride_h)
             if HAS_POST_GATE:
-                gated_grad *= _load_rows(post_gate_ptr, row, channel, positions, mask, post_stride_b, post_stride_h)
-            freq_re, freq_im = _dft(
+                gated_grad *= load_rows(post_gate_ptr, row, channel, positions, mask, post_stride_b, post_stride_h)
+            freq_re, freq_im = dft(
                 gated_grad, head_re, head_im, inner_re, inner_im, twiddle_re, twiddle_im, OUTER, PRECISION
             )
             _store_stored_rows(grad_freq_ptr + offset, freq_re, freq_im, RADIX * stored, OUTER, INNER)
@@ -157,7 +154,7 @@ def _radix_dot(a, b, RADIX_PAD: tl.constexpr, PRECISION: tl.constexpr):
     if RADIX_PAD < 16:
         return tl.sum(a[:, :, None] * b[None, :, :], axis=1)
     else:
-        return _dot(a, b, PRECISION)
+        return dot(a, b, PRECISION)
 
 
 @triton.jit
@@ -165,7 +162,7 @@ def _radix_dft(
     sub_re, sub_im, dft_re, dft_im, twiddle_re, twiddle_im, RADIX_PAD: tl.constexpr, PRECISION: tl.constexpr
 ):
     """`F_radix @ (twiddle * Y)`: the subsequence spectra `[RADIX, BLOCK]` to the frequencies `k + M * j`."""
-    sub_re, sub_im = _complex_mul(sub_re, sub_im, twiddle_re, twiddle_im)
+    sub_re, sub_im = complex_mul(sub_re, sub_im, twiddle_re, twiddle_im)
     freq_re = _radix_dot(dft_re, sub_re, RADIX_PAD, PRECISION) - _radix_dot(dft_im, sub_im, RADIX_PAD, PRECISION)
     freq_im = _radix_dot(dft_re, sub_im, RADIX_PAD, PRECISION) + _radix_dot(dft_im, sub_re, RADIX_PAD, PRECISION)
     return freq_re, freq_im
@@ -178,7 +175,7 @@ def _inverse_radix_dft(
     """`conj(twiddle) * (conj(F_radix) @ X)`, the adjoint of `_radix_dft`."""
     sub_re = _radix_dot(dft_re, freq_re, RADIX_PAD, PRECISION) + _radix_dot(dft_im, freq_im, RADIX_PAD, PRECISION)
     sub_im = _radix_dot(dft_re, freq_im, RADIX_PAD, PRECISION) - _radix_dot(dft_im, freq_re, RADIX_PAD, PRECISION)
-    return _conj_mul(twiddle_re, twiddle_im, sub_re, sub_im)
+    return conj_mul(twiddle_re, twiddle_im, sub_re, sub_im)
 
 
 @triton.jit
@@ -215,7 +212,7 @@ def _radix_convolve(
     freq_re = tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
     freq_im = tl.load(ptr + plane, mask=mask, other=0.0).to(tl.float32)
     freq_re, freq_im = _radix_dft(freq_re, freq_im, dft_re, dft_im, twiddle_re, twiddle_im, RADIX_PAD, PRECISION)
-    freq_re, freq_im = _complex_mul(freq_re, freq_im, spectrum_re, spectrum_im)
+    freq_re, freq_im = complex_mul(freq_re, freq_im, spectrum_re, spectrum_im)
     freq_re, freq_im = _inverse_radix_dft(
         freq_re, freq_im, dft_re, dft_im, twiddle_re, twiddle_im, RADIX_PAD, PRECISION
     )
@@ -255,18 +252,18 @@ def _radix_kernel(
             grad_re, grad_im = _radix_dft(
                 grad_re, grad_im, dft_re, dft_im, twiddle_re, twiddle_im, RADIX_PAD, PRECISION
             )
-            product_re, product_im = _conj_mul(input_re, input_im, grad_re, grad_im)
+            product_re, product_im = conj_mul(input_re, input_im, grad_re, grad_im)
             grad_spectrum_re += product_re
             grad_spectrum_im += product_im
             # correlation with the kernel: conj(K) * DFT(gated_grad), back to the subsequences
-            corr_re, corr_im = _conj_mul(spectrum_re, spectrum_im, grad_re, grad_im)
+            corr_re, corr_im = conj_mul(spectrum_re, spectrum_im, grad_re, grad_im)
             corr_re, corr_im = _inverse_radix_dft(
                 corr_re, corr_im, dft_re, dft_im, twiddle_re, twiddle_im, RADIX_PAD, PRECISION
             )
             _store_spectrum(grad_freq_ptr + data, corr_re, mask)
             _store_spectrum(grad_freq_ptr + plane + data, corr_im, mask)
             if HAS_POST_GATE:
-                conv_re, conv_im = _complex_mul(input_re, input_im, spectrum_re, spectrum_im)
+                conv_re, conv_im = complex_mul(input_re, input_im, spectrum_re, spectrum_im)
                 conv_re, conv_im = _inverse_radix_dft(
                     conv_re, conv_im, dft_re, dft_im, twiddle_re, twiddle_im, RADIX_PAD, PRECISION
                 )
@@ -300,21 +297,21 @@ def _subsequence_outputs(
     skip term and the gates."""
     stored: tl.constexpr = (OUTER // 2 + 1) * INNER
     spectra = (row * channels + channel) * 2 * RADIX * stored
-    head_re, head_im, inner_re, inner_im, twiddle_re, twiddle_im = _dft_tables(
+    head_re, head_im, inner_re, inner_im, twiddle_re, twiddle_im = load_dft_tables(
         dft_outer_ptr, dft_inner_ptr, twiddle_ptr, OUTER, INNER, TIME_ROWS, INNER
     )
     skip = tl.load(skip_ptr + channel).to(tl.float32)
     for subsequence in range(RADIX):
         freq_re, freq_im = _load_hermitian(conv_freq_ptr + spectra + subsequence * stored, RADIX * stored, OUTER, INNER)
-        conv = _inverse_dft_real(
+        conv = inverse_dft_real(
             freq_re, freq_im, head_re, head_im, inner_re, inner_im, twiddle_re, twiddle_im, OUTER, PRECISION
         )
         positions, mask = _subsequence_tile(subsequence, seq_len, RADIX, TIME_ROWS, INNER)
-        gated_input = _load_gated_input(
+        gated_input = load_gated_input(
             u_ptr, pre_gate_ptr, row, channel, positions, mask, u_stride_b, u_stride_h, pre_stride_b, pre_stride_h,
             HAS_PRE_GATE,
         )
-        _store_gated_output(
+        store_gated_output(
             out_ptr, post_gate_ptr, conv, skip, gated_input, row, channel, positions, mask, channels, seq_len,
             post_stride_b, post_stride_h, HAS_POST_GATE,
         )
@@ -395,14 +392,14 @@ def _subsequence_output_bwd_kernel(
     stored: tl.constexpr = (OUTER // 2 + 1) * INNER
     spectra = (row * channels + channel) * 2 * RADIX * stored
     out_stride_b = seq_len * channels
-    head_re, head_im, inner_re, inner_im, twiddle_re, twiddle_im = _dft_tables(
+    head_re, head_im, inner_re, inner_im, twiddle_re, twiddle_im = load_dft_tables(
         dft_outer_ptr, dft_inner_ptr, twiddle_ptr, OUTER, INNER, TIME_ROWS, INNER
     )
     skip = tl.load(skip_ptr + channel).to(tl.float32)
     grad_skip = tl.zeros((TIME_ROWS, INNER), dtype=tl.float32)
     for subsequence in range(RADIX):
         positions, mask = _subsequence_tile(subsequence, seq_len, RADIX, TIME_ROWS, INNER)
-        grad_out, u, pre_gate, gated_input, gated_grad = _load_backward_inputs(
+        grad_out, u, pre_gate, gated_input, gated_grad = load_backward_inputs(
             grad_out_ptr, u_ptr, pre_gate_ptr, post_gate_ptr, row, channel, positions, mask,
             grad_stride_b, grad_stride_h, u_stride_b, u_stride_h, pre_stride_b, pre_stride_h,
             post_stride_b, post_stride_h, HAS_PRE_GATE, HAS_POST_GATE,
@@ -411,20 +408,20 @@ def _subsequence_output_bwd_kernel(
 
         offset = spectra + subsequence * stored
         freq_re, freq_im = _load_hermitian(corr_freq_ptr + offset, RADIX * stored, OUTER, INNER)
-        grad_gated = _inverse_dft_real(
+        grad_gated = inverse_dft_real(
             freq_re, freq_im, head_re, head_im, inner_re, inner_im, twiddle_re, twiddle_im, OUTER, PRECISION
         ) + skip * gated_grad
-        _store_input_grads(
+        store_input_grads(
             grad_u_ptr, grad_pre_gate_ptr, grad_gated, u, pre_gate, row, channel, positions, mask,
             out_stride_b, seq_len, HAS_PRE_GATE,
         )
         if HAS_POST_GATE:
             freq_re, freq_im = _load_hermitian(conv_freq_ptr + offset, RADIX * stored, OUTER, INNER)
-            conv = _inverse_dft_real(
+            conv = inverse_dft_real(
                 freq_re, freq_im, head_re, head_im, inner_re, inner_im, twiddle_re, twiddle_im, OUTER, PRECISION
             )
             grad_post_gate = grad_out * (conv + skip * gated_input)
-            _store_rows(grad_post_gate_ptr, grad_post_gate, row, channel, positions, mask, out_stride_b, seq_len)
+            store_rows(grad_post_gate_ptr, grad_post_gate, row, channel, positions, mask, out_stride_b, seq_len)
     tl.store(grad_skip_partial_ptr + row * channels + channel, tl.sum(grad_skip))
 
 
@@ -436,7 +433,7 @@ def _subsequence_meta(plan: FFTPlan, u: torch.Tensor, pre_gate, post_gate) -> di
         OUTER=plan.outer,
         INNER=plan.inner,
         TIME_ROWS=plan.time_rows,
-        PRECISION=_dot_precision(u.dtype),
+        PRECISION=dot_precision(u.dtype),
         num_warps=8,
         num_stages=1,  # the loop over subsequences needs no multi-buffered loads
     )
@@ -449,7 +446,7 @@ def _radix_step(plan: FFTPlan, input_freq, grad_freq, spectrum, grad_spectrum, b
         input_freq, grad_freq, spectrum, grad_spectrum, radix_dft, radix_twiddle, batch, channels,
         BACKWARD=grad_freq is not None, HAS_POST_GATE=post_gate is not None,
         RADIX=plan.radix, RADIX_PAD=plan.radix_rows, OUTER=plan.outer, INNER=plan.inner,
-        BLOCK=RADIX_BLOCK, PRECISION=_dot_precision(dtype), num_warps=8, num_stages=1,
+        BLOCK=RADIX_BLOCK, PRECISION=dot_precision(dtype), num_warps=8, num_stages=1,
     )
 
 
@@ -476,22 +473,22 @@ def gated_long_conv_fwd_radix(
     spectra = _new_spectra(plan, u)
     tables = dft_tables(plan.outer, plan.inner, u.device)
     meta = _subsequence_meta(plan, u, pre_gate, post_gate)
-    if ONE_LAUNCH_FORWARD:
+    if plan.one_launch_forward:
         _gated_long_conv_radix_fwd_kernel[(channels, batch)](
             u, pre_gate, post_gate, spectrum, skip, out, spectra, *tables,
             *radix_tables(plan.radix, plan.outer, plan.inner, u.device), channels, seq_len,
-            *_strides(u), *_strides(pre_gate), *_strides(post_gate),
+            *strides(u), *strides(pre_gate), *strides(post_gate),
             RADIX_PAD=plan.radix_rows, BLOCK=RADIX_BLOCK, **meta,
         )
         return out
     _subsequence_dft_kernel[(channels, batch)](
         u, pre_gate, None, None, spectra, None, *tables, channels, seq_len,
-        *_strides(u), *_strides(pre_gate), 0, 0, 0, 0, WITH_GRAD=False, **meta,
+        *strides(u), *strides(pre_gate), 0, 0, 0, 0, WITH_GRAD=False, **meta,
     )
     _radix_step(plan, spectra, None, spectrum, None, batch, channels, post_gate, u.dtype)
     _subsequence_output_fwd_kernel[(channels, batch)](
         spectra, u, pre_gate, post_gate, skip, out, *tables, channels, seq_len,
-        *_strides(u), *_strides(pre_gate), *_strides(post_gate), **meta,
+        *strides(u), *strides(pre_gate), *strides(post_gate), **meta,
     )
     return out
 
@@ -518,13 +515,13 @@ def gated_long_conv_bwd_radix(
     meta = _subsequence_meta(plan, u, pre_gate, post_gate)
     _subsequence_dft_kernel[(channels, batch)](
         u, pre_gate, grad_out, post_gate, input_spectra, grad_spectra, *tables, channels, seq_len,
-        *_strides(u), *_strides(pre_gate), *_strides(grad_out), *_strides(post_gate), WITH_GRAD=True, **meta,
+        *strides(u), *strides(pre_gate), *strides(grad_out), *strides(post_gate), WITH_GRAD=True, **meta,
     )
     # in place: grad_spectra becomes the correlation with the kernel, input_spectra the convolution
     _radix_step(plan, input_spectra, grad_spectra, spectrum, grad_spectrum, batch, channels, post_gate, u.dtype)
     _subsequence_output_bwd_kernel[(channels, batch)](
         grad_spectra, input_spectra, grad_out, u, pre_gate, post_gate, skip,
         grad_u, grad_pre_gate, grad_post_gate, grad_skip_partial, *tables, channels, seq_len,
-        *_strides(grad_out), *_strides(u), *_strides(pre_gate), *_strides(post_gate), **meta,
+        *strides(grad_out), *strides(u), *strides(pre_gate), *strides(post_gate), **meta,
     )
     return grad_u, grad_spectrum, grad_skip_partial.sum(0).to(skip.dtype), grad_pre_gate, grad_post_gate
