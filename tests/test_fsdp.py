@@ -1,0 +1,48 @@
+"""FSDP2: a sharded two-process training run (torchrun, gloo, CPU) matches the same training in one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+import m2_hf
+from conftest import tiny_config
+
+SCRIPT = Path(__file__).resolve().parent / "fsdp_train.py"
+
+
+def test_sharded_training_matches_one_process(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    result = subprocess.run(
+        [*command, str(SCRIPT), str(tmp_path)],
+        check=False,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["world_size"] == 2 and report["backend"] == "gloo" and report["sharded"] and report["checkpointing"]
+    assert report["group_names"] == ["base", "filter", "filter_features"]
+    torch.testing.assert_close(report["losses"], report["single_losses"], rtol=1e-6, atol=0)
+
+    sharded, single = load_file(tmp_path / "sharded.safetensors"), load_file(tmp_path / "single.safetensors")
+    assert sharded.keys() == single.keys()
+    for name in single:
+        torch.testing.assert_close(sharded[name], single[name], rtol=0, atol=1e-6, msg=name)
+
+    # Training moved every parameter: the comparison is not between two untouched copies.
+    torch.manual_seed(0)
+    initial = m2_hf.M2ForSequenceClassification(tiny_config(num_labels=2))
+    for name, parameter in initial.named_parameters():
+        assert not torch.equal(parameter.detach(), single[name]), name
