@@ -2,11 +2,12 @@
 
     torchrun --standalone --nproc_per_node 2 tests/fsdp_train.py OUTPUT_DIR
 
-Every rank builds the same model. The sharded copy wraps each `M2Layer` and then the whole model with
-`fully_shard`, uses activation checkpointing, and takes the original recipe's optimizer groups over its sharded
-parameters (with SGD); each rank trains it on its half of every batch. The unsharded copy trains in this process on the whole
-batches. Rank 0 writes `sharded.safetensors` and `single.safetensors` (the full weights after training) and
-`report.json` (the losses, averaged over the ranks for the sharded copy) into OUTPUT_DIR; `test_fsdp.py` compares
+Every rank builds the same model. Two sharded copies wrap each `M2Layer` and then the whole model with
+`fully_shard` and use activation checkpointing: `sharded` computes in float32, `sharded_bf16` in bfloat16 (float32
+parameters and gradient reduction). Both take the original recipe's parameter groups over their sharded parameters
+(with SGD), and each rank trains them on its half of every batch. The unsharded copy, `single`, trains in this
+process on the whole batches. Rank 0 writes `{name}.safetensors` (the full weights after training) and
+`report.json` (the losses, averaged over the ranks for the sharded copies) into OUTPUT_DIR; `test_fsdp.py` compares
 them.
 """
 
@@ -63,59 +64,62 @@ def enable_activation_checkpointing(model: m2_hf.M2PreTrainedModel) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
-def main(output_dir: Path) -> None:
-    dist.init_process_group("gloo")
-    rank, world_size = dist.get_rank(), dist.get_world_size()
-    torch.manual_seed(0)
-    config = CONFIG
-    model = m2_hf.M2ForSequenceClassification(config)
-    single = copy.deepcopy(model)
-
+def shard(model: m2_hf.M2PreTrainedModel, param_dtype: torch.dtype) -> None:
+    """Activation checkpointing, then `fully_shard` on every `M2Layer` and on the whole model."""
     enable_activation_checkpointing(model)
-    checkpointing = all(module.gradient_checkpointing for module in model.modules() if isinstance(module, M2Layer))
-    policy = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     for module in model.modules():
         if isinstance(module, M2Layer):
             fully_shard(module, mp_policy=policy)
     fully_shard(model, mp_policy=policy)
-    sharded = all(isinstance(parameter, DTensor) for parameter in model.parameters())
 
+
+def optimizer_for(model: torch.nn.Module) -> torch.optim.Optimizer:
     # SGD, unlike Adam, is sensitive to the scale of the gradients, so a wrong reduction over the ranks shows.
-    optimizer = torch.optim.SGD(original_parameter_groups(model, 0.1, 0.01), momentum=0.9)
-    single_optimizer = torch.optim.SGD(original_parameter_groups(single, 0.1, 0.01), momentum=0.9)
-    model.train()
-    single.train()
-    losses, single_losses = [], []
-    for batch in batches(config.vocab_size):
-        local = {key: value.chunk(world_size)[rank] for key, value in batch.items()}
-        loss = model(**local).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        mean_loss = loss.detach().clone()
-        dist.all_reduce(mean_loss)
-        losses.append(mean_loss.item() / world_size)
+    return torch.optim.SGD(original_parameter_groups(model, 0.1, 0.01), momentum=0.9)
 
-        single_loss = single(**batch).loss
-        single_loss.backward()
+
+def main(output_dir: Path) -> None:
+    dist.init_process_group("gloo")
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(0)
+    single = m2_hf.M2ForSequenceClassification(CONFIG)
+    models = {"sharded": copy.deepcopy(single), "sharded_bf16": copy.deepcopy(single)}
+    shard(models["sharded"], torch.float32)
+    shard(models["sharded_bf16"], torch.bfloat16)
+    layers = [module for module in models["sharded"].modules() if isinstance(module, M2Layer)]
+    report = {
+        "world_size": world_size,
+        "backend": dist.get_backend(),
+        "sharded": all(isinstance(p, DTensor) for m in models.values() for p in m.parameters()),
+        "checkpointing": bool(layers) and all(layer.gradient_checkpointing for layer in layers),
+        "group_names": [group["name"] for group in optimizer_for(models["sharded"]).param_groups],
+    }
+    optimizers = {name: optimizer_for(model) for name, model in models.items()}
+    single_optimizer = optimizer_for(single)
+    losses = {name: [] for name in (*models, "single")}
+    for batch in batches(CONFIG.vocab_size):
+        local = {key: value.chunk(world_size)[rank] for key, value in batch.items()}
+        for name, model in models.items():
+            loss = model(**local).loss
+            loss.backward()
+            optimizers[name].step()
+            optimizers[name].zero_grad()
+            mean_loss = loss.detach().float()
+            dist.all_reduce(mean_loss)
+            losses[name].append(mean_loss.item() / world_size)
+
+        loss = single(**batch).loss
+        loss.backward()
         single_optimizer.step()
         single_optimizer.zero_grad()
-        single_losses.append(single_loss.item())
+        losses["single"].append(loss.item())
 
-    state = full_state(model)  # a collective: every rank takes part
+    states = {name: full_state(model) for name, model in models.items()}  # collectives: every rank takes part
     if rank == 0:
-        save_file(state, output_dir / "sharded.safetensors")
-        save_file(full_state(single), output_dir / "single.safetensors")
-        report = {
-            "world_size": world_size,
-            "backend": dist.get_backend(),
-            "sharded": sharded,
-            "checkpointing": checkpointing,
-            "losses": losses,
-            "single_losses": single_losses,
-            "group_names": [group["name"] for group in optimizer.param_groups],
-        }
-        (output_dir / "report.json").write_text(json.dumps(report))
+        for name, state in {**states, "single": full_state(single)}.items():
+            save_file(state, output_dir / f"{name}.safetensors")
+        (output_dir / "report.json").write_text(json.dumps({**report, "losses": losses}))
     dist.destroy_process_group()
 
 

@@ -32,17 +32,27 @@ def test_sharded_training_matches_one_process(tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
 
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["world_size"] == 2 and report["backend"] == "gloo" and report["sharded"] and report["checkpointing"]
+    assert report["world_size"] == 2 and report["backend"] == "gloo"
+    assert report["sharded"] and report["checkpointing"]
     assert report["group_names"] == ["base", "filter", "filter_features"]
-    torch.testing.assert_close(report["losses"], report["single_losses"], rtol=1e-6, atol=0)
+    losses = report["losses"]
+    torch.testing.assert_close(losses["sharded"], losses["single"], rtol=1e-6, atol=0)
+    torch.testing.assert_close(losses["sharded_bf16"], losses["single"], rtol=1e-2, atol=0)  # bf16 rounding
 
-    sharded, single = load_file(tmp_path / "sharded.safetensors"), load_file(tmp_path / "single.safetensors")
-    assert sharded.keys() == single.keys()
+    single = load_file(tmp_path / "single.safetensors")
+    sharded = load_file(tmp_path / "sharded.safetensors")
+    sharded_bf16 = load_file(tmp_path / "sharded_bf16.safetensors")
+    assert sharded.keys() == sharded_bf16.keys() == single.keys()
     for name in single:
         torch.testing.assert_close(sharded[name], single[name], rtol=0, atol=1e-6, msg=name)
+        assert sharded_bf16[name].dtype == torch.float32  # the parameters stay float32
 
     # Training moved every parameter: the comparison is not between two untouched copies.
     torch.manual_seed(0)
-    initial = m2_hf.M2ForSequenceClassification(tiny_config(num_labels=2))
-    for name, parameter in initial.named_parameters():
-        assert not torch.equal(parameter.detach(), single[name]), name
+    initial = m2_hf.M2ForSequenceClassification(tiny_config(num_labels=2)).state_dict()
+    for name, _ in m2_hf.M2ForSequenceClassification(tiny_config(num_labels=2)).named_parameters():
+        assert not torch.equal(initial[name], single[name]), name
+    # bf16 compute changes the training updates by a few percent at most (bf16 keeps 8 bits of mantissa).
+    update = torch.cat([(single[name] - initial[name]).flatten() for name in single])
+    bf16_error = torch.cat([(sharded_bf16[name] - single[name]).flatten() for name in single])
+    assert bf16_error.norm() <= 0.05 * update.norm()
