@@ -8,11 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
+from conftest import tiny_config
 from safetensors.torch import load_file
 
 import m2_hf
-from conftest import tiny_config
+from m2_hf.modeling.modeling_m2 import M2Layer
 
 SCRIPT = Path(__file__).resolve().parent / "fsdp_train.py"
 
@@ -56,3 +58,28 @@ def test_sharded_training_matches_one_process(tmp_path):
     update = torch.cat([(single[name] - initial[name]).flatten() for name in single])
     bf16_error = torch.cat([(sharded_bf16[name] - single[name]).flatten() for name in single])
     assert bf16_error.norm() <= 0.05 * update.norm()
+
+
+def test_accelerate_config_file_gives_an_fsdp2_plugin_wrapping_m2_layers(monkeypatch):
+    """`examples/accelerate_fsdp2.yaml` read the way `accelerate launch` reads it: the launcher's environment
+    builds an FSDP2 plugin that shards and checkpoints `M2Layer`."""
+    from accelerate.commands import launch
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from accelerate.utils.dataclasses import get_module_class_from_name
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    options = {option for action in launch.launch_command_parser()._actions for option in action.option_strings}
+    if "--fsdp_version" not in options:
+        pytest.skip("FSDP2 needs accelerate >= 1.6")
+    config_file = Path(__file__).resolve().parents[1] / "examples" / "accelerate_fsdp2.yaml"
+    args = launch.launch_command_parser().parse_args(["--config_file", str(config_file), "train.py"])
+    validated = launch._validate_launch_command(args)  # merges the config file into the arguments
+    args = validated[0] if isinstance(validated, tuple) else validated
+    for name, value in prepare_multi_gpu_env(args).items():
+        monkeypatch.setenv(name, value)
+    plugin = FullyShardedDataParallelPlugin()
+    assert plugin.fsdp_version == 2 and plugin.activation_checkpointing and plugin.reshard_after_forward
+    assert plugin.transformer_cls_names_to_wrap == ["M2Layer"]
+    model = m2_hf.M2ForSequenceClassification(tiny_config(num_labels=2))
+    assert get_module_class_from_name(model, "M2Layer") is M2Layer
+    assert os.environ["ACCELERATE_MIXED_PRECISION"] == "bf16"
