@@ -117,8 +117,10 @@ def original_parameter_groups(
             continue
         if decoupled_weight_decay and decay:
             if lr <= 0:
-                raise ValueError(f"The {name} group has weight decay {decay} but learning rate {lr}: decoupled "
-                                 "weight decay is relative to a positive learning rate.")
+                raise ValueError(
+                    f"The {name} group has weight decay {decay} but learning rate {lr}: decoupled "
+                    "weight decay is relative to a positive learning rate."
+                )
             decay = decay / lr
         groups.append({"name": name, "params": parameters, "lr": lr, "weight_decay": decay})
     return groups

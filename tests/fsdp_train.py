@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from helpers import tiny_config  # the script's folder is first on sys.path when it runs as a script
 from safetensors.torch import save_file
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
@@ -27,8 +28,6 @@ from torch.distributed.tensor import DTensor
 import m2_hf
 from m2_hf.modeling.modeling_m2 import M2Layer
 from m2_hf.optimization import original_parameter_groups
-
-from helpers import tiny_config  # the script's folder is first on sys.path when it runs as a script
 
 STEPS = 2
 # Filter learning rates large enough for plain SGD to move every parameter visibly.

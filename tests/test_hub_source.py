@@ -78,7 +78,9 @@ def assert_same_folder_contents(converted: Path, reference: Path) -> None:
 @pytest.mark.parametrize("weights", ["composer-mlm.pt", "pytorch_model.bin"])
 def test_hub_id_converts_offline_exactly_like_the_files(weights, fixture_dir, hub_cache, tmp_path):
     commit = commit_hash(weights)
-    add_snapshot(hub_cache, REPO_ID, {"config.json": fixture_dir / "config.json", weights: fixture_dir / weights}, commit)
+    add_snapshot(
+        hub_cache, REPO_ID, {"config.json": fixture_dir / "config.json", weights: fixture_dir / weights}, commit
+    )
     assert convert(REPO_ID, tmp_path / "by-id") == 0
     assert convert(fixture_dir / weights, tmp_path / "by-file", "--config", fixture_dir / "config.json") == 0
     assert_same_folder_contents(tmp_path / "by-id", tmp_path / "by-file")
@@ -223,9 +225,10 @@ def test_missing_repositories_and_revisions_online(error, message, hub_cache, tm
 
 
 class RecordingHfApi:
-    """Stands in for `HfApi` in `m2_hf.hub`: records the calls and uploads nothing."""
+    """Stands in for `HfApi` in `m2_hf.hub`: records the calls (in the class attribute `calls`, which the
+    `recording_api` fixture resets) and uploads nothing."""
 
-    calls: list[tuple[str, dict]] = []
+    calls: list[tuple[str, dict]]
 
     def create_repo(self, repo_id, **kwargs):
         RecordingHfApi.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
@@ -282,7 +285,7 @@ def test_online_only_the_config_and_the_chosen_weights_file_are_downloaded(fixtu
     download then asks for that file and the config only, at the listed commit."""
     from huggingface_hub.utils import filter_repo_objects
 
-    import m2_hf.conversion.hub_source as hub_source
+    from m2_hf.conversion import hub_source
 
     commit = commit_hash("online")
     repository = ["config.json", "pytorch_model.bin", "training_args.bin", "optimizer.pt", "README.md", "old/m.pt"]
