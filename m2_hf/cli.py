@@ -1,7 +1,8 @@
 """The `m2-hf` command line.
 
-    m2-hf convert SRC DST [--config ORIGINAL_CONFIG_JSON | --preset NAME] [--dtype float32|bfloat16] [--force]
-                          [--[no-]pad-to-max-length] [--quiet]
+    m2-hf convert SRC DST [--revision REV] [--config ORIGINAL_CONFIG_JSON | --preset NAME]
+                          [--dtype float32|bfloat16] [--force] [--[no-]pad-to-max-length]
+                          [--push-to-hub REPO_ID [--private]] [--quiet]
     m2-hf presets
     m2-hf model-cards DIR
     m2-hf export-remote-code DST
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 
 from .conversion import PRESETS, ConversionError, convert_checkpoint, write_preset_cards
 from .conversion.convert import DTYPES
+from .hub import push_folder
 from .remote_code import RemoteCodeError, export_remote_code
 
 
@@ -26,6 +28,7 @@ def _convert(args: argparse.Namespace) -> int:
     destination = convert_checkpoint(
         args.src,
         args.dst,
+        revision=args.revision,
         original_config=args.config,
         preset=args.preset,
         dtype=args.dtype,
@@ -35,6 +38,15 @@ def _convert(args: argparse.Namespace) -> int:
     )
     if not args.quiet:
         print(f"Converted {args.src} -> {destination}")
+    if args.push_to_hub is None:
+        return 0
+    try:
+        commit = push_folder(destination, args.push_to_hub, private=args.private or None)
+    except ValueError as error:  # the folder is not complete enough to publish; nothing was uploaded
+        print(f"error: not uploaded: {error}\nThe converted folder is kept at {destination}.", file=sys.stderr)
+        return 1
+    if not args.quiet:
+        print(f"Uploaded {destination} -> {getattr(commit, 'commit_url', args.push_to_hub)}")
     return 0
 
 
@@ -67,13 +79,20 @@ def build_parser() -> argparse.ArgumentParser:
         "convert",
         help="convert an original M2-BERT checkpoint into a transformers folder",
         description=(
-            "Convert an original M2-BERT checkpoint (composer .pt, pytorch_model.bin or .safetensors, or a folder "
-            "holding one with its config.json) into a folder that AutoModel / AutoModelForMaskedLM load after "
-            "`import m2_hf`."
+            "Convert an original M2-BERT checkpoint (composer .pt, pytorch_model.bin or .safetensors, a folder "
+            "holding one with its config.json, or a Hub repository holding them) into a folder that AutoModel / "
+            "AutoModelForMaskedLM load after `import m2_hf`. Hub ids honour HF_HUB_OFFLINE, HF_HUB_CACHE and "
+            "HF_TOKEN; the ids of the released checkpoints (m2-hf presets) pick their preset."
         ),
     )
-    convert.add_argument("src", metavar="SRC", help="checkpoint file, or folder with a checkpoint and config.json")
+    convert.add_argument(
+        "src",
+        metavar="SRC",
+        help="checkpoint file, folder with a checkpoint and config.json, or Hub repository id ORG/NAME (an existing "
+        "local path wins)",
+    )
     convert.add_argument("dst", metavar="DST", help="output folder")
+    convert.add_argument("--revision", metavar="REV", help="branch, tag or commit of a Hub SRC (default: main)")
     source_config = convert.add_mutually_exclusive_group()
     source_config.add_argument("--config", metavar="ORIGINAL_CONFIG_JSON", help="the original config.json")
     source_config.add_argument(
@@ -86,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="pad every input to the maximum length inside the model (default: only for the long-context presets)",
     )
     convert.add_argument("--force", action="store_true", help="replace DST if it exists")
+    convert.add_argument(
+        "--push-to-hub",
+        metavar="REPO_ID",
+        help="after a successful conversion, upload DST to this Hub repository (created if needed)",
+    )
+    convert.add_argument("--private", action="store_true", help="create the --push-to-hub repository as private")
     convert.add_argument("-q", "--quiet", action="store_true", help="no progress bars or messages")
     convert.set_defaults(handler=_convert)
 

@@ -72,12 +72,28 @@ def test_local_metrics_follow_their_definitions():
     assert half == {"accuracy": pytest.approx(2 / 5)}
 
 
-def test_fine_tunes_on_the_bundled_review_set(tmp_path):
+def test_fine_tunes_on_the_bundled_review_set(tmp_path, monkeypatch):
+    from m2_hf.optimization import OriginalRecipeAdamW, original_optimizer_cls_and_kwargs
+
+    optimizers = []
+
+    class RecordingFactory(OriginalRecipeAdamW):
+        def __call__(self, model, **kwargs):
+            optimizers.append(super().__call__(model, **kwargs))
+            return optimizers[-1]
+
+    def recording_cls_and_kwargs(args, **options):
+        return RecordingFactory, original_optimizer_cls_and_kwargs(args, **options)[1]
+
+    monkeypatch.setattr(glue, "original_optimizer_cls_and_kwargs", recording_cls_and_kwargs)
     results = glue.main(
         ["--task", "sst2", "--data-dir", str(ROOT / "examples" / "data" / "reviews"), "--tiny", "--epochs", "1",
          "--max-train-examples", "64", "--batch-size", "16", "--output-dir", str(tmp_path)]
     )
     assert set(results) == {"dev.tsv"} and 0.0 <= results["dev.tsv"]["accuracy"] <= 1.0
+    # The Trainer trained with the original recipe's parameter groups.
+    (optimizer,) = optimizers
+    assert [group["name"] for group in optimizer.param_groups] == ["base", "filter", "filter_features"]
     summary = json.loads((tmp_path / "results.json").read_text())
     assert summary["train_examples"] == 64 and summary["dev"] == results
     assert (tmp_path / "model" / "model.safetensors").is_file() and (tmp_path / "model" / "tokenizer.json").is_file()

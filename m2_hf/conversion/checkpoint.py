@@ -134,18 +134,25 @@ def _load_safetensors(path: Path, show_progress: bool) -> dict[str, torch.Tensor
         raise ConversionError(f"{path} is truncated or corrupt and cannot be read: {_last_line(error)}") from error
 
 
-def find_weights_file(folder: Path) -> Path:
-    """The weights file of a checkpoint folder: model.safetensors, pytorch_model.bin, or its only weights file."""
+def choose_weights_file(names: list[str], where: str) -> str:
+    """The weights file among the file `names` of a folder or repository `where`: model.safetensors,
+    pytorch_model.bin, or the only weights file."""
     for name in PREFERRED_WEIGHT_FILES:
-        if (folder / name).is_file():
-            return folder / name
-    candidates = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
+        if name in names:
+            return name
+    candidates = sorted(name for name in names if name.endswith(WEIGHT_SUFFIXES))
     if len(candidates) == 1:
         return candidates[0]
     if not candidates:
-        raise ConversionError(f"{folder} holds no weights file ({', '.join('*' + s for s in WEIGHT_SUFFIXES)}).")
-    names = ", ".join(p.name for p in candidates)
-    raise ConversionError(f"{folder} holds several weights files ({names}); pass the one to convert as SRC.")
+        raise ConversionError(f"{where} holds no weights file ({', '.join('*' + s for s in WEIGHT_SUFFIXES)}).")
+    raise ConversionError(
+        f"{where} holds several weights files ({', '.join(candidates)}); pass the one to convert as SRC."
+    )
+
+
+def find_weights_file(folder: Path) -> Path:
+    """The weights file of a checkpoint folder (see `choose_weights_file`)."""
+    return folder / choose_weights_file([p.name for p in folder.iterdir() if p.is_file()], str(folder))
 
 
 def read_checkpoint(source: str | Path, show_progress: bool = False) -> OriginalCheckpoint:

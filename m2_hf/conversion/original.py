@@ -75,6 +75,10 @@ def config_from_original(original: dict, **overrides) -> M2Config:
         filter_emb_dim=original.get("hyena_emb_dim", 3),
         filter_sin_freq=float(original.get("hyena_w", 1)),
         filter_sin_freq_scale=float(original.get("hyena_w_mod", 1)),
+        # The original config class leaves the kernel learning rate unset; every released config sets 1e-3.
+        filter_learning_rate=float(_value_or(original.get("long_conv_kernel_learning_rate"), 1e-3)),
+        filter_weight_decay=float(original.get("hyena_wd", 0.1)),
+        filter_features_learning_rate=float(original.get("hyena_lr_pos_emb", 1e-5)),
         glu_mlp=original.get("use_glu_mlp", True),
         monarch_mlp_nblocks=original.get("monarch_mlp_nblocks", 4) if original.get("use_monarch_mlp", False) else 1,
         pooling="mean" if original.get("pool_all", False) else "first_token",
@@ -86,6 +90,10 @@ def config_from_original(original: dict, **overrides) -> M2Config:
         fields["label2id"] = original.get("label2id", {v: int(k) for k, v in original["id2label"].items()})
     fields.update(overrides)
     return M2Config(**fields)
+
+
+def _value_or(value, default):
+    return default if value is None else value
 
 
 _RENAMES = [

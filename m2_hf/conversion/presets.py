@@ -38,6 +38,9 @@ _RELEASED_FIELDS = {
     "hyena_filter_order": 128,
     "hyena_w": 10,
     "hyena_w_mod": 1,
+    "hyena_wd": 0.1,
+    "hyena_lr_pos_emb": 1e-5,
+    "long_conv_kernel_learning_rate": 1e-3,
     "pool_all": False,
 }
 

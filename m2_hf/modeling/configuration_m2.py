@@ -92,6 +92,14 @@ class M2Config(PretrainedConfig):
             The same fraction for the slowest-decaying channel.
         filter_decay_target (`float`, defaults to 0.01):
             Value of the exponential window `exp(-t |delta_c|)` at those fractions.
+        filter_learning_rate (`float`, defaults to 1e-3):
+            Learning rate of the forward implicit-filter MLPs and their frequency `w` in the original training
+            recipe (the original's `long_conv_kernel_learning_rate`); used by `m2_hf.optimization`, not by the model.
+        filter_weight_decay (`float`, defaults to 0.1):
+            Weight decay of those parameters in the original recipe (the original's `hyena_wd`).
+        filter_features_learning_rate (`float`, defaults to 1e-5):
+            Learning rate of the filters' positional features `z` in the original recipe, which trains them without
+            weight decay (the original's `hyena_lr_pos_emb`).
         glu_mlp (`bool`, defaults to `True`):
             Use a gated MLP `out(act(gate) * value)`; otherwise `out(act(in(x)))`.
         monarch_mlp_nblocks (`int`, defaults to 4):
@@ -165,6 +173,9 @@ class M2Config(PretrainedConfig):
         filter_decay_fast: float = 0.3,
         filter_decay_slow: float = 1.5,
         filter_decay_target: float = 0.01,
+        filter_learning_rate: float = 1e-3,
+        filter_weight_decay: float = 0.1,
+        filter_features_learning_rate: float = 1e-5,
         glu_mlp: bool = True,
         monarch_mlp_nblocks: int = 4,
         monarch_mlp_order: int = 1,
@@ -212,6 +223,9 @@ class M2Config(PretrainedConfig):
         self.filter_decay_fast = filter_decay_fast
         self.filter_decay_slow = filter_decay_slow
         self.filter_decay_target = filter_decay_target
+        self.filter_learning_rate = filter_learning_rate
+        self.filter_weight_decay = filter_weight_decay
+        self.filter_features_learning_rate = filter_features_learning_rate
         self.glu_mlp = glu_mlp
         self.monarch_mlp_nblocks = monarch_mlp_nblocks
         self.monarch_mlp_order = monarch_mlp_order
