@@ -8,7 +8,10 @@ without a GPU. The `path` column says how the "triton" row ran: one fused progra
 launches with a radix step (`radix R`, `L <= 32768`), or the torch.fft fallback. `--single-program-up-to N` adds a
 "triton-single" row that runs one program per row up to FFT size N (e.g. 8192), to time that choice against the
 radix step at the same lengths; `--one-launch-forward` adds a "triton-1-launch" row where the radix forward runs as
-one launch per (row, channel) (`PlanLimits.one_launch_forward`). Numbers are reported, never asserted.
+one launch per (row, channel) (`PlanLimits.one_launch_forward`). In forward mode the "triton-cached-spectrum" row
+passes the spectrum already in the kernels' layout, as a model in inference does (each filter caches it), and the
+"spectrum-layout" row times that conversion alone (`monarch_spectrum`, also on CPU): the work per call and filter
+the cache saves. Numbers are reported, never asserted.
 
     python benchmarks/bench_long_conv.py --output benchmarks/results/long-conv-$(date +%F).md
 """
@@ -30,6 +33,7 @@ from m2_hf.ops.long_conv import (
     gated_long_conv,
     long_conv_kernel,
     long_conv_spectrum,
+    monarch_spectrum,
     plan_limits,
 )
 
@@ -60,6 +64,9 @@ def measure(backend, length, batch, channels, mode, device, dtype, warmup, repea
     u, spectrum, skip, pre_gate, post_gate = inputs
     grad_out = torch.randn_like(u)
     kernel_backend = "torch" if backend == "torch" else "triton"
+    if backend == "triton-cached-spectrum":  # as in inference: the filter keeps its spectrum in the kernels' layout
+        with torch.no_grad():
+            spectrum = monarch_spectrum(spectrum, length)
 
     def forward():
         with torch.no_grad():
@@ -78,6 +85,19 @@ def measure(backend, length, batch, channels, mode, device, dtype, warmup, repea
     ms = 1e3 * median_seconds(forward if mode == "fwd" else forward_backward, device, warmup, repeats)
     peak_gb = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     return Row(backend, path, length, batch, mode, ms, peak_gb)
+
+
+def measure_spectrum_layout(length, batch, channels, mode, device, dtype, warmup, repeats) -> Row:
+    """The time of `monarch_spectrum` alone: the filter work per call and filter that inference saves by caching
+    the spectrum in the kernels' layout (`M2ImplicitFilter.kernel_spectrum`)."""
+    _, spectrum, *_ = make_inputs(length, 1, channels, device, dtype)
+
+    def convert():
+        with torch.no_grad():
+            monarch_spectrum(spectrum, length)
+
+    ms = 1e3 * median_seconds(convert, device, warmup, repeats)
+    return Row("spectrum-layout", "monarch_spectrum", length, batch, mode, ms, None)
 
 
 def measure_variant(name, limits: PlanLimits, *args) -> Row:
@@ -143,6 +163,12 @@ def main(argv=None) -> list[Row]:
                 variants.append(("triton-1-launch", PlanLimits(one_launch_forward=True)))
             for variant in variants:
                 rows.append(measure_variant(*variant, *shape))
+                print(format_row(rows[-1], rows), flush=True)
+            if mode == "fwd" and fft_plan(length) is not None:
+                if "triton" in backends:
+                    rows.append(measure("triton-cached-spectrum", *shape))
+                    print(format_row(rows[-1], rows), flush=True)
+                rows.append(measure_spectrum_layout(*shape))
                 print(format_row(rows[-1], rows), flush=True)
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -151,3 +151,27 @@ def test_real_size_model_in_bf16_on_the_kernels_matches_the_reference(case):
         results[backend] = (out.logits.float(), out.loss.float(), embedding_grad)
     for got, want in zip(results["triton"], results["torch"]):
         assert ((got - want).norm() / want.norm()).item() <= 1e-2
+
+
+def test_inference_reuses_each_filter_spectrum_in_the_kernel_layout(monkeypatch):
+    """In eval mode without gradients the fused path gets each filter's spectrum in the kernels' layout from the
+    filter's cache: a second forward does no filter work, and changing a filter weight recomputes it."""
+    from m2_hf.modeling import implicit_filter
+
+    conversions = []
+    convert = implicit_filter.monarch_spectrum
+    monkeypatch.setattr(implicit_filter, "monarch_spectrum", lambda *a, **k: conversions.append(1) or convert(*a, **k))
+    triton_model, torch_model = pair(m2_hf.M2ForMaskedLM)
+    triton_model.eval(), torch_model.eval()
+    filters = [m for m in triton_model.modules() if isinstance(m, implicit_filter.M2ImplicitFilter)]
+    ids = torch.randint(1, 99, (2, 11))
+    with torch.no_grad():
+        first = triton_model(ids).logits
+        assert len(conversions) == len(filters) >= 2
+        second = triton_model(ids).logits
+        assert len(conversions) == len(filters)
+        torch.testing.assert_close(second, first, rtol=0, atol=0)
+        torch.testing.assert_close(first, torch_model(ids).logits, rtol=1e-5, atol=1e-5)
+        filters[0].frequency.add_(0.1)
+        triton_model(ids)
+        assert len(conversions) == len(filters) + 1

@@ -15,7 +15,8 @@ import math
 import torch
 from torch import nn
 
-from ..ops import long_conv_kernel, long_conv_spectrum
+from ..ops import long_conv_kernel, long_conv_spectrum, monarch_spectrum
+from ..ops.long_conv import PlanLimits, current_plan_limits
 from .configuration_m2 import M2Config
 
 
@@ -58,7 +59,9 @@ class M2ImplicitFilter(nn.Module):
     """One long convolution's filters (forward and, when bidirectional, reverse) and its skip weight `D`.
 
     In eval mode, when no gradient is needed, the filter spectrum for each length is computed once and reused
-    until any filter weight changes (tracked through the tensors' version counters).
+    until any filter weight changes (tracked through the tensors' version counters), in the layout the long
+    convolution consumes: `spectrum` for the torch.fft path, `kernel_spectrum` for the fused kernels. Inference
+    then does no filter work per call.
     """
 
     def __init__(self, config: M2Config):
@@ -110,16 +113,25 @@ class M2ImplicitFilter(nn.Module):
         return tuple((t._version, t.data_ptr(), t.dtype) for t in tensors)
 
     def spectrum(self, seq_len: int) -> torch.Tensor:
-        """FFT (size `2 * seq_len`) of the convolution kernel for inputs of length `seq_len`."""
+        """FFT (size `2 * seq_len`) of the convolution kernel for inputs of length `seq_len`, `[H, seq_len + 1]`."""
+        return self._cached(("rfft", seq_len), lambda: self._compute_spectrum(seq_len))
+
+    def kernel_spectrum(self, seq_len: int, limits: PlanLimits | None = None) -> torch.Tensor:
+        """The spectrum in the fused kernels' layout (`monarch_spectrum`, `[H, 2, S]` float32) for `limits`."""
+        limits = current_plan_limits() if limits is None else limits
+        return self._cached(
+            ("monarch", seq_len, limits), lambda: monarch_spectrum(self.spectrum(seq_len), seq_len, limits)
+        )
+
+    def _cached(self, key: tuple, compute) -> torch.Tensor:
         needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
         if self.training or needs_grad or torch.compiler.is_compiling():
-            return self._compute_spectrum(seq_len)
+            return compute()
         version = self._weights_version()
         if version != self._cache_version:
             self._spectrum_cache = {}
             self._cache_version = version
-        cached = self._spectrum_cache.get(seq_len)
+        cached = self._spectrum_cache.get(key)
         if cached is None:
-            cached = self._compute_spectrum(seq_len)
-            self._spectrum_cache[seq_len] = cached
+            cached = self._spectrum_cache[key] = compute()
         return cached

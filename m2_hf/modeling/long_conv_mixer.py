@@ -21,6 +21,7 @@ from torch import nn
 from transformers import initialization as init
 
 from ..ops import causal_depthwise_conv, gated_long_conv, mixer_front
+from ..ops.long_conv import takes_fused_path
 from .cache_m2 import M2CacheLayer
 from .configuration_m2 import M2Config
 from .implicit_filter import M2ImplicitFilter
@@ -117,12 +118,19 @@ class M2LongConvMixer(nn.Module):
         seq_len, total = new_input.shape[-1], history.shape[-1]
         skip = implicit_filter.skip
         if total == seq_len:  # nothing earlier: without a cache, or prefilling an empty one
-            spectrum = implicit_filter.spectrum(seq_len)
+            spectrum = self._spectrum(implicit_filter, new_input)
             return gated_long_conv(new_input, spectrum, skip, pre_gate, post_gate, backend=self.backend)
         if seq_len == 1:
             output = cache.long_conv_step(name, implicit_filter, history)
         else:
-            spectrum = implicit_filter.spectrum(total)
+            spectrum = self._spectrum(implicit_filter, history)
             output = gated_long_conv(history, spectrum, skip, backend=self.backend)[..., total - seq_len :]
         output = output.to(new_input.dtype)
         return output if post_gate is None else output * post_gate
+
+    def _spectrum(self, implicit_filter: M2ImplicitFilter, conv_input: torch.Tensor) -> torch.Tensor:
+        """The filter's spectrum for `conv_input`'s length, in the layout the call consumes (cached in inference)."""
+        length = conv_input.shape[-1]
+        if takes_fused_path(conv_input, self.backend):
+            return implicit_filter.kernel_spectrum(length)
+        return implicit_filter.spectrum(length)

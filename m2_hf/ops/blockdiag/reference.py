@@ -51,5 +51,19 @@ def blockdiag_glu_reference(x: torch.Tensor, weight: torch.Tensor, activation: s
     """
     if activation not in GLU_ACTIVATIONS:
         raise ValueError(f"blockdiag_glu: activation must be one of {tuple(GLU_ACTIVATIONS)}, got {activation!r}.")
-    gate, value = blockdiag_matmul_reference(x, weight).chunk(2, dim=-1)
-    return GLU_ACTIVATIONS[activation](gate) * value
+    act = GLU_ACTIVATIONS[activation]
+    nblocks, out_block, in_block = weight.shape
+    if nblocks % 2:  # the halves split a block
+        gate, value = blockdiag_matmul_reference(x, weight).chunk(2, dim=-1)
+        return act(gate) * value
+    check_blockdiag_shapes(x, weight)
+    # Gate block b pairs with value block b + nblocks / 2: one batched matmul over the blocks ([nblocks, N, out]),
+    # then the product per pair, written once in the output's layout.
+    rows = x.reshape(-1, nblocks, in_block).transpose(0, 1)
+    projected = torch.bmm(rows, weight.transpose(1, 2).to(rows.dtype))
+    half = nblocks // 2
+    gate, value = act(projected[:half]).transpose(0, 1), projected[half:].transpose(0, 1)
+    shape = (*x.shape[:-1], half * out_block)
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return (gate * value).reshape(shape)
+    return torch.mul(gate, value, out=projected.new_empty(rows.shape[1], half, out_block)).reshape(shape)

@@ -5,7 +5,7 @@ Files, as for every op: `reference.py` (torch.fft), `fused.py` (the custom ops a
 the kernels), `kernels.py` (one program per FFT) and `radix_kernels.py` (the radix step beyond one program).
 """
 
-from .fused import fft_long_conv, fused_path_supported, gated_long_conv, gated_long_conv_monarch
+from .fused import fft_long_conv, fused_path_supported, gated_long_conv, gated_long_conv_monarch, takes_fused_path
 from .plan import (
     DEFAULT_PLAN_LIMITS,
     MAX_FUSED_FFT_SIZE,
@@ -37,4 +37,5 @@ __all__ = [
     "long_conv_spectrum",
     "monarch_spectrum",
     "plan_limits",
+    "takes_fused_path",
 ]

@@ -154,8 +154,16 @@ gated_long_conv_monarch.register_autograd(_backward, setup_context=_setup_contex
 
 
 def fused_path_supported(u: torch.Tensor, spectrum: torch.Tensor) -> bool:
-    """Whether the fused kernels cover this call: fp32/fp16/bf16 input, complex64 spectrum, `L <= 32768`."""
-    return u.dtype in FUSED_DTYPES and spectrum.dtype == torch.complex64 and fft_plan(u.shape[-1]) is not None
+    """Whether the fused kernels cover this call: fp32/fp16/bf16 input, a complex64 spectrum (or one already in
+    the kernels' float32 layout), `L <= 32768`."""
+    spectrum_ok = spectrum.dtype in (torch.complex64, torch.float32)
+    return u.dtype in FUSED_DTYPES and spectrum_ok and fft_plan(u.shape[-1]) is not None
+
+
+def takes_fused_path(u: torch.Tensor, backend: str = "auto") -> bool:
+    """Whether `gated_long_conv(u, ..., backend=backend)` with a complex64 spectrum runs the fused kernels: the
+    caller can then pass the spectrum in their layout (`monarch_spectrum`, cached per filter)."""
+    return use_triton(u, backend) and u.dtype in FUSED_DTYPES and fft_plan(u.shape[-1]) is not None
 
 
 def gated_long_conv(
@@ -171,7 +179,8 @@ def gated_long_conv(
 
     Args:
         u: `[B, H, L]`.
-        spectrum: `[H, L + 1]` complex, from `long_conv_spectrum(long_conv_kernel(k_fwd, k_rev), L)`.
+        spectrum: `[H, L + 1]` complex, from `long_conv_spectrum(long_conv_kernel(k_fwd, k_rev), L)`; or, when
+            `takes_fused_path(u, backend)`, already in the kernels' layout, `monarch_spectrum(spectrum, L, limits)`.
         skip: `[H]`, the skip weight `D`.
         pre_gate, post_gate: broadcastable to `u` (e.g. a `[B, 1, L]` padding mask folded into a gate), or None.
         backend: `"auto"`, `"triton"` or `"torch"` (see `m2_hf.ops.backend`). With `"auto"`, lengths or dtypes
@@ -181,6 +190,12 @@ def gated_long_conv(
     Returns:
         `[B, H, L]` in `u`'s dtype.
     """
+    kernel_layout = not spectrum.is_complex()
+    if kernel_layout and not takes_fused_path(u, backend):
+        raise ValueError(
+            "gated_long_conv got a spectrum in the fused kernels' layout (monarch_spectrum), but this call takes the "
+            "torch.fft path; pass the complex [H, L + 1] spectrum (check takes_fused_path first)."
+        )
     if not use_triton(u, backend):
         return gated_long_conv_reference(u, spectrum, skip, pre_gate, post_gate)
     if not fused_path_supported(u, spectrum):
@@ -196,7 +211,7 @@ def gated_long_conv(
     if post_gate is not None:
         post_gate = post_gate.expand_as(u)
     limits = current_plan_limits() if limits is None else limits
-    kernel_spectrum = monarch_spectrum(spectrum, u.shape[-1], limits)
+    kernel_spectrum = spectrum if kernel_layout else monarch_spectrum(spectrum, u.shape[-1], limits)
     return gated_long_conv_monarch(
         u, kernel_spectrum, skip, pre_gate, post_gate,
         limits.max_fused_fft_size, limits.radix_inner_fft_size, limits.one_launch_forward,

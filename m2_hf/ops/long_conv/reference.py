@@ -48,7 +48,7 @@ def fft_long_conv_reference(u: torch.Tensor, spectrum: torch.Tensor, skip: torch
     real_dtype = spectrum.real.dtype
     u_f = torch.fft.rfft(u.to(real_dtype), n=fft_size)
     y = torch.fft.irfft(u_f * spectrum, n=fft_size, norm="forward")[..., :seq_len]
-    y = y + u.to(real_dtype) * skip.to(real_dtype)[:, None]
+    y = torch.addcmul(y, u.to(real_dtype), skip.to(real_dtype)[:, None])
     return y.to(u.dtype)
 
 

@@ -35,15 +35,22 @@ def mixer_front_reference(
 
     Returns:
         `(gated_value, post_gate)`, both `[B, H, L]`: with `xs = conv(projected^T * mask)` split into
-        `pre_gate, post_gate, value`, `gated_value = value * pre_gate * mask`.
+        `pre_gate, post_gate, value`, `gated_value = value * pre_gate * mask`. Both are transposed views of
+        `[B, L, H]` tensors (the long convolution's FFTs read them in place).
     """
     batch, length, channels = projected.shape
-    x = projected.transpose(1, 2)
-    mask = None if padding_mask is None else padding_mask.reshape(batch, 1, length).to(x.dtype)
+    # In the input's [B, L, 3H] layout: the conv is K shifted multiply-adds along L, with no transpose copy.
+    x = projected
+    mask = None if padding_mask is None else padding_mask.reshape(batch, length, 1).to(x.dtype)
     if mask is not None:
         x = x * mask
-    pre_gate, post_gate, value = causal_depthwise_conv_reference(x, weight, bias).split(channels // 3, dim=1)
+    taps = weight[:, 0].to(x.dtype)  # [3H, K]; taps[:, K - 1] weighs the current position
+    kernel_size = taps.shape[-1]
+    conv = torch.addcmul(bias.to(x.dtype), x, taps[:, kernel_size - 1])
+    for shift in range(1, min(kernel_size, length)):
+        conv[:, shift:].addcmul_(x[:, :-shift], taps[:, kernel_size - 1 - shift])
+    pre_gate, post_gate, value = conv.split(channels // 3, dim=-1)
     gated_value = value * pre_gate
     if mask is not None:
         gated_value = gated_value * mask
-    return gated_value, post_gate
+    return gated_value.transpose(1, 2), post_gate.transpose(1, 2)
