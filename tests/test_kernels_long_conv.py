@@ -306,5 +306,6 @@ def test_benchmark_smoke(tmp_path, monkeypatch):
         ["--lengths", "16", "--device", "cpu", "--dtype", "float32", "--tokens", "32", "--channels", "4",
          "--warmup", "0", "--repeats", "1", "--output", str(output)]
     )
-    assert [(r.backend, r.mode) for r in rows] == [("torch", "fwd"), ("torch", "train")]
-    assert output.read_text().count("\n| torch |") == 2
+    expected = [("torch", "fwd"), ("spectrum-layout", "fwd"), ("torch", "train")]
+    assert [(r.backend, r.mode) for r in rows] == expected
+    assert output.read_text().count("\n| torch |") == 2 and "| spectrum-layout | monarch_spectrum | 16 |" in output.read_text()
