@@ -35,6 +35,7 @@ from ..ops.blockdiag import glu_activation
 from .cache_m2 import M2Cache, M2CacheLayer
 from .configuration_m2 import M2Config
 from .implicit_filter import M2ImplicitFilter, filter_decay_rates, filter_features, filter_positions
+from .input_checks import check_label_shape, input_shape, validate_inputs
 from .long_conv_mixer import CausalShortConv, M2LongConvMixer
 from .monarch_sequence_mixer import M2MonarchSequenceMixer
 from .projections import BlockDiagonalLinear, MonarchLinear
@@ -141,6 +142,44 @@ class M2Layer(GradientCheckpointingLayer):
         return self.mlp(mixed)
 
 
+class M2EncoderStack:
+    """The layer stack of the text and vision models: `num_hidden_layers` M2 layers and, for pre-norm configs, the
+    final LayerNorm, as the modules `layers` and `final_layernorm` of the model itself (their weight names are
+    those of every saved M2 folder). Mixed into `M2Model` and `M2VisionModel`."""
+
+    def build_encoder_stack(self, config: M2Config) -> None:
+        self.layers = nn.ModuleList([M2Layer(config) for _ in range(config.num_hidden_layers)])
+        self.final_layernorm = (
+            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.norm_position == "pre" else None
+        )
+
+    def run_encoder_stack(
+        self,
+        hidden_states: torch.Tensor,
+        padding_mask: torch.Tensor | None = None,
+        cache: M2Cache | None = None,
+        output_hidden_states: bool = False,
+        output_length: int | None = None,
+    ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """The final states and, with `output_hidden_states`, the input of every layer and the final states, each
+        cut to the first `output_length` positions (the input length when the model padded it)."""
+        output_length = hidden_states.shape[1] if output_length is None else output_length
+        recorded = [] if output_hidden_states else None
+        for index, layer in enumerate(self.layers):
+            if output_hidden_states:
+                hidden_states = _record_hidden_states(hidden_states, output_length, recorded)
+            hidden_states = layer(hidden_states, padding_mask, cache=cache.layers[index] if cache is not None else None)
+        if self.final_layernorm is not None:
+            hidden_states = self.final_layernorm(hidden_states)
+        if output_hidden_states:
+            recorded.append(hidden_states[:, :output_length])
+        return hidden_states, recorded
+
+    def checkpointing_in_training(self) -> bool:
+        """Whether the layers will be recomputed in the backward pass (activation checkpointing in training)."""
+        return self.training and torch.is_grad_enabled() and any(layer.gradient_checkpointing for layer in self.layers)
+
+
 class M2Pooler(nn.Module):
     """`tanh(dense(h_first))`, or `tanh(dense(masked mean of h))` with `pooling="mean"`."""
 
@@ -197,38 +236,6 @@ class M2PreTrainedModel(PreTrainedModel):
             module.reset_parameters()
 
 
-def _check_ids(name: str, ids: torch.Tensor, upper: int, error: type[Exception]) -> None:
-    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-        raise ValueError(f"{name} must be an integer tensor, got dtype {ids.dtype}.")
-    if torch.compiler.is_compiling() or ids.numel() == 0:
-        return
-    low, high = int(ids.min()), int(ids.max())
-    if low < 0 or high >= upper:
-        raise error(f"{name} must be in [0, {upper}), got values in [{low}, {high}].")
-
-
-def check_label_shape(labels: torch.Tensor | None, shape) -> None:
-    """Per-token labels must have the input's `(batch, seq_len)` shape."""
-    if labels is not None and tuple(labels.shape) != tuple(shape):
-        raise ValueError(f"labels must have the shape of the input, {tuple(shape)}, got {tuple(labels.shape)}.")
-
-
-def _check_mask(mask: torch.Tensor) -> None:
-    """A mask is bool, or integers/floats that are all 0 or 1."""
-    if mask.dtype == torch.bool:
-        return
-    if mask.is_complex():
-        raise ValueError(f"attention_mask must be a bool, integer or float tensor, got dtype {mask.dtype}.")
-    if torch.compiler.is_compiling():
-        return
-    other = mask[(mask != 0) & (mask != 1)]
-    if other.numel():
-        raise ValueError(
-            "attention_mask must hold only 0 and 1 (1 for real tokens, 0 for padding) or be a bool tensor, got "
-            f"{other.flatten()[0].item()}."
-        )
-
-
 def _record_hidden_states(hidden_states: torch.Tensor, seq_len: int, recorded: list) -> torch.Tensor:
     """Append `hidden_states` cut to the input length `seq_len` to `recorded`; return the states to go on with.
 
@@ -255,16 +262,13 @@ class M2ModelOutput(BaseModelOutputWithPooling):
         return self.cache
 
 
-class M2Model(M2PreTrainedModel):
+class M2Model(M2PreTrainedModel, M2EncoderStack):
     """The M2 encoder: embeddings, `num_hidden_layers` M2 layers and an optional pooler."""
 
     def __init__(self, config: M2Config, add_pooling_layer: bool = True):
         super().__init__(config)
         self.embeddings = M2Embeddings(config)
-        self.layers = nn.ModuleList([M2Layer(config) for _ in range(config.num_hidden_layers)])
-        self.final_layernorm = (
-            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.norm_position == "pre" else None
-        )
+        self.build_encoder_stack(config)
         self.pooler = M2Pooler(config) if add_pooling_layer else None
         self.post_init()
 
@@ -273,56 +277,6 @@ class M2Model(M2PreTrainedModel):
 
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embeddings.word_embeddings = value
-
-    def _input_shape(self, input_ids, inputs_embeds) -> tuple[int, int]:
-        """`(batch, seq_len)` of the input, checked before anything else reads it."""
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of input_ids and inputs_embeds.")
-        if input_ids is not None:
-            if input_ids.dim() != 2:
-                raise ValueError(f"input_ids must have shape (batch, seq_len), got {tuple(input_ids.shape)}.")
-            shape = tuple(input_ids.shape)
-        else:
-            if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.hidden_size:
-                raise ValueError(
-                    f"inputs_embeds must have shape (batch, seq_len, {self.config.hidden_size}), "
-                    f"got {tuple(inputs_embeds.shape)}."
-                )
-            shape = tuple(inputs_embeds.shape[:2])
-        if shape[0] == 0:
-            raise ValueError("The input is an empty batch (batch size 0).")
-        return shape
-
-    def _validate_inputs(self, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids, past_length=0):
-        shape = self._input_shape(input_ids, inputs_embeds)
-        if input_ids is not None:
-            _check_ids("input_ids", input_ids, self.config.vocab_size, IndexError)
-        for name, tensor in (
-            ("attention_mask", attention_mask),
-            ("token_type_ids", token_type_ids),
-            ("position_ids", position_ids),
-        ):
-            if tensor is not None and tuple(tensor.shape) != shape:
-                raise ValueError(f"{name} must have the shape of the input, {shape}, got {tuple(tensor.shape)}.")
-        if attention_mask is not None:
-            _check_mask(attention_mask)
-        if token_type_ids is not None:
-            if self.config.type_vocab_size == 0:
-                raise ValueError("token_type_ids were given, but this model has no token types (type_vocab_size=0).")
-            _check_ids("token_type_ids", token_type_ids, self.config.type_vocab_size, IndexError)
-        if position_ids is not None and self.config.use_position_embeddings:
-            _check_ids("position_ids", position_ids, self.config.max_position_embeddings, IndexError)
-        seq_len, limit = shape[1], self.config.max_sequence_length
-        if seq_len == 0:
-            raise ValueError("The input sequence is empty (seq_len = 0).")
-        if past_length + seq_len > limit:
-            cached = f"{past_length} cached plus {seq_len} new tokens" if past_length else f"Input length {seq_len}"
-            raise ValueError(
-                f"{cached} exceeds this model's maximum sequence length {limit} "
-                "(max_position_embeddings / long_conv_max_length); truncate the input, e.g. with the tokenizer's "
-                f"truncation=True, max_length={limit}."
-            )
-        return shape
 
     def _pad_to_max_length(self, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids):
         """Right-pad every input to the trained length with [PAD] (mask 0, token type 0)."""
@@ -375,83 +329,81 @@ class M2Model(M2PreTrainedModel):
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         cache = resolve_cache_argument(cache, past_key_values)
-        if self._checkpointing_in_training():
+        batch, new_length = input_shape(self.config, input_ids, inputs_embeds)
+        cache, attention_mask = self._continue_cache(cache, use_cache, batch, new_length, attention_mask)
+        past_length = cache.get_seq_length() if cache is not None else 0
+        batch, seq_len = validate_inputs(
+            self.config, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids, past_length
+        )
+        device = input_ids.device if input_ids is not None else inputs_embeds.device
+        given_mask = attention_mask is not None or self.config.pad_to_max_length
+        if attention_mask is None:
+            attention_mask = torch.ones(batch, seq_len, dtype=torch.long, device=device)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros(batch, seq_len, dtype=torch.long, device=device)
+        if self.config.pad_to_max_length:
+            input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids = self._pad_to_max_length(
+                input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids
+            )
+        # With mask_padding, padding is zeroed before every convolution and positions count real tokens only.
+        masking = self.config.mask_padding and given_mask
+        if position_ids is None:
+            position_ids = self._position_ids(attention_mask, masking, cache)
+        if cache is not None:
+            cache.record_tokens(attention_mask if masking else torch.ones_like(attention_mask))
+
+        hidden_states = self.embeddings(input_ids, inputs_embeds, token_type_ids, position_ids)
+        padding_mask = attention_mask.to(hidden_states.dtype).unsqueeze(1) if masking else None
+        hidden_states, all_hidden_states = self.run_encoder_stack(
+            hidden_states, padding_mask, cache, output_hidden_states, output_length=seq_len
+        )
+        pooled_output = None
+        if self.pooler is not None:
+            first_index = attention_mask.long().argmax(dim=1) if masking else None
+            pooled_output = self.pooler(hidden_states, attention_mask if given_mask else None, first_index)
+        return M2ModelOutput(
+            last_hidden_state=hidden_states[:, :seq_len],
+            pooler_output=pooled_output,
+            hidden_states=tuple(all_hidden_states) if all_hidden_states is not None else None,
+            cache=cache,
+        )
+
+    def _continue_cache(
+        self, cache: M2Cache | None, use_cache: bool | None, batch: int, new_length: int, attention_mask
+    ) -> tuple[M2Cache | None, torch.Tensor | None]:
+        """The cache this call continues (a new one for `use_cache` without one, none while checkpointing in
+        training) and the attention mask without the part that covers the cached tokens."""
+        if self.checkpointing_in_training():
             if cache is not None:
                 raise ValueError(
                     "A cache cannot be continued with activation checkpointing in training: the backward pass "
                     "recomputes each layer, which would extend the cache twice. Call model.eval() or disable "
                     "activation checkpointing."
                 )
-            use_cache = False
-        batch, new_length = self._input_shape(input_ids, inputs_embeds)
+            return None, attention_mask
         if use_cache and cache is None:
             cache = M2Cache(self.config)
-        past_length = 0
-        if cache is not None:
-            if self.config.bidirectional:
-                raise ValueError("A cache needs causal sequence mixers; this config is bidirectional.")
-            if self.config.pad_to_max_length:
-                raise ValueError("pad_to_max_length cannot be combined with a cache.")
-            cache.check_batch_size(batch)
-            past_length = cache.get_seq_length()
-            if attention_mask is not None and attention_mask.dim() == 2 and attention_mask.shape[1] > new_length:
-                attention_mask = attention_mask[:, -new_length:]  # the cached part is already accounted for
-        batch, seq_len = self._validate_inputs(
-            input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids, past_length
-        )
-        device = input_ids.device if input_ids is not None else inputs_embeds.device
-        given_mask = attention_mask is not None
-        if attention_mask is None:
-            attention_mask = torch.ones(batch, seq_len, dtype=torch.long, device=device)
-        if token_type_ids is None:
-            token_type_ids = torch.zeros(batch, seq_len, dtype=torch.long, device=device)
+        if cache is None:
+            return None, attention_mask
+        if self.config.bidirectional:
+            raise ValueError("A cache needs causal sequence mixers; this config is bidirectional.")
         if self.config.pad_to_max_length:
-            given_mask = True
-            input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids = self._pad_to_max_length(
-                input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids
-            )
+            raise ValueError("pad_to_max_length cannot be combined with a cache.")
+        cache.check_batch_size(batch)
+        if attention_mask is not None and attention_mask.dim() == 2 and attention_mask.shape[1] > new_length:
+            attention_mask = attention_mask[:, -new_length:]  # the cached part is already accounted for
+        return cache, attention_mask
 
-        masking = self.config.mask_padding and given_mask
-        if position_ids is None:
-            if masking:
-                position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
-            else:
-                position_ids = torch.arange(attention_mask.shape[1], device=device).expand(batch, -1)
-            if cache is not None:
-                position_ids = position_ids + cache.position_offsets(batch, device)
+    def _position_ids(self, attention_mask: torch.Tensor, masking: bool, cache: M2Cache | None) -> torch.Tensor:
+        """Positions `0, 1, ...` of the input (of its real tokens with `masking`), after the cached tokens."""
+        batch, length = attention_mask.shape
+        if masking:
+            position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+        else:
+            position_ids = torch.arange(length, device=attention_mask.device).expand(batch, -1)
         if cache is not None:
-            cache.record_tokens(attention_mask if masking else torch.ones_like(attention_mask))
-
-        hidden_states = self.embeddings(input_ids, inputs_embeds, token_type_ids, position_ids)
-        padding_mask = attention_mask.to(hidden_states.dtype).unsqueeze(1) if masking else None
-        all_hidden_states = [] if output_hidden_states else None
-        for index, layer in enumerate(self.layers):
-            if output_hidden_states:
-                hidden_states = _record_hidden_states(hidden_states, seq_len, all_hidden_states)
-            layer_cache = cache.layers[index] if cache is not None else None
-            hidden_states = layer(hidden_states, padding_mask, cache=layer_cache)
-        if self.final_layernorm is not None:
-            hidden_states = self.final_layernorm(hidden_states)
-
-        pooled_output = None
-        if self.pooler is not None:
-            first_index = attention_mask.long().argmax(dim=1) if masking else None
-            pooled_output = self.pooler(hidden_states, attention_mask if given_mask else None, first_index)
-
-        if hidden_states.shape[1] != seq_len:
-            hidden_states = hidden_states[:, :seq_len]
-        if output_hidden_states:
-            all_hidden_states.append(hidden_states)
-        return M2ModelOutput(
-            last_hidden_state=hidden_states,
-            pooler_output=pooled_output,
-            hidden_states=tuple(all_hidden_states) if all_hidden_states is not None else None,
-            cache=cache,
-        )
-
-    def _checkpointing_in_training(self) -> bool:
-        """Whether the layers will be recomputed in the backward pass (activation checkpointing in training)."""
-        return self.training and torch.is_grad_enabled() and any(layer.gradient_checkpointing for layer in self.layers)
+            position_ids = position_ids + cache.position_offsets(batch, attention_mask.device)
+        return position_ids
 
 
 class M2MaskedLMHeadTransform(nn.Module):

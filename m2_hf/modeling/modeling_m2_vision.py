@@ -40,7 +40,7 @@ from transformers.utils import is_torchvision_available, is_vision_available
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_m2 import M2Config
-from .modeling_m2 import M2Layer, M2PreTrainedModel
+from .modeling_m2 import M2EncoderStack, M2PreTrainedModel
 
 
 def vision_sequence_length(config: M2Config) -> int:
@@ -163,7 +163,7 @@ class M2VisionPreTrainedModel(M2PreTrainedModel):
                 init.trunc_normal_(module.position_embeddings, std=std)
 
 
-class M2VisionModel(M2VisionPreTrainedModel):
+class M2VisionModel(M2VisionPreTrainedModel, M2EncoderStack):
     """The M2-ViT backbone: patch embeddings, `num_hidden_layers` M2 layers, the final LayerNorm of pre-norm models
     (`norm_position="pre"`, the ViT layout) and parameter-free pooling.
 
@@ -175,10 +175,7 @@ class M2VisionModel(M2VisionPreTrainedModel):
         super().__init__(config)
         check_vision_config(config)
         self.embeddings = M2VisionEmbeddings(config)
-        self.layers = nn.ModuleList([M2Layer(config) for _ in range(config.num_hidden_layers)])
-        self.final_layernorm = (
-            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.norm_position == "pre" else None
-        )
+        self.build_encoder_stack(config)  # the text encoder's layers and final LayerNorm
         self.post_init()
 
     def get_input_embeddings(self) -> M2PatchEmbeddings:
@@ -200,16 +197,9 @@ class M2VisionModel(M2VisionPreTrainedModel):
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
-        hidden_states = self.embeddings(pixel_values)
-        all_hidden_states = [] if output_hidden_states else None
-        for layer in self.layers:
-            if output_hidden_states:
-                all_hidden_states.append(hidden_states)
-            hidden_states = layer(hidden_states)
-        if self.final_layernorm is not None:
-            hidden_states = self.final_layernorm(hidden_states)
-        if output_hidden_states:
-            all_hidden_states.append(hidden_states)
+        hidden_states, all_hidden_states = self.run_encoder_stack(
+            self.embeddings(pixel_values), output_hidden_states=output_hidden_states
+        )
         pooled_output = hidden_states[:, 0] if self.config.pooling == "first_token" else hidden_states.mean(dim=1)
         return BaseModelOutputWithPooling(
             last_hidden_state=hidden_states,
