@@ -157,10 +157,11 @@ def test_inference_reuses_each_filter_spectrum_in_the_kernel_layout(monkeypatch)
     """In eval mode without gradients the fused path gets each filter's spectrum in the kernels' layout from the
     filter's cache: a second forward does no filter work, and changing a filter weight recomputes it."""
     from m2_hf.modeling import implicit_filter
+    from m2_hf.ops.long_conv import fused
 
     conversions = []
-    convert = implicit_filter.monarch_spectrum
-    monkeypatch.setattr(implicit_filter, "monarch_spectrum", lambda *a, **k: conversions.append(1) or convert(*a, **k))
+    convert = fused.monarch_spectrum
+    monkeypatch.setattr(fused, "monarch_spectrum", lambda *a, **k: conversions.append(1) or convert(*a, **k))
     triton_model, torch_model = pair(m2_hf.M2ForMaskedLM)
     triton_model.eval(), torch_model.eval()
     filters = [m for m in triton_model.modules() if isinstance(m, implicit_filter.M2ImplicitFilter)]

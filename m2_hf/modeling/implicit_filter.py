@@ -15,8 +15,7 @@ import math
 import torch
 from torch import nn
 
-from ..ops import long_conv_kernel, long_conv_spectrum, monarch_spectrum
-from ..ops.long_conv import PlanLimits, current_plan_limits
+from ..ops import long_conv_kernel, long_conv_spectrum
 from .configuration_m2 import M2Config
 
 
@@ -60,8 +59,8 @@ class M2ImplicitFilter(nn.Module):
 
     In eval mode, when no gradient is needed, the filter spectrum for each length is computed once and reused
     until any filter weight changes (tracked through the tensors' version counters), in the layout the long
-    convolution consumes: `spectrum` for the torch.fft path, `kernel_spectrum` for the fused kernels. Inference
-    then does no filter work per call.
+    convolution consumes (the complex spectrum for the torch.fft path, the fused kernels' layout for them).
+    Inference then does no filter work per call.
     """
 
     def __init__(self, config: M2Config):
@@ -112,16 +111,13 @@ class M2ImplicitFilter(nn.Module):
         tensors = [p for p in self.parameters() if p is not self.skip] + [self.positions, self.decay_rates]
         return tuple((t._version, t.data_ptr(), t.dtype) for t in tensors)
 
-    def spectrum(self, seq_len: int) -> torch.Tensor:
-        """FFT (size `2 * seq_len`) of the convolution kernel for inputs of length `seq_len`, `[H, seq_len + 1]`."""
-        return self._cached(("rfft", seq_len), lambda: self._compute_spectrum(seq_len))
-
-    def kernel_spectrum(self, seq_len: int, limits: PlanLimits | None = None) -> torch.Tensor:
-        """The spectrum in the fused kernels' layout (`monarch_spectrum`, `[H, 2, S]` float32) for `limits`."""
-        limits = current_plan_limits() if limits is None else limits
-        return self._cached(
-            ("monarch", seq_len, limits), lambda: monarch_spectrum(self.spectrum(seq_len), seq_len, limits)
-        )
+    def spectrum(self, seq_len: int, layout=None) -> torch.Tensor:
+        """FFT (size `2 * seq_len`) of the convolution kernel for inputs of length `seq_len`, `[H, seq_len + 1]`,
+        or that spectrum converted by `layout` (the fused kernels' `KernelSpectrumLayout`, see
+        `m2_hf.ops.long_conv.kernel_spectrum_layout`)."""
+        if layout is None:
+            return self._cached((seq_len, None), lambda: self._compute_spectrum(seq_len))
+        return self._cached((seq_len, layout), lambda: layout(self.spectrum(seq_len), seq_len))
 
     def _cached(self, key: tuple, compute) -> torch.Tensor:
         needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())

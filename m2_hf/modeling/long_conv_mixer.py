@@ -21,7 +21,7 @@ from torch import nn
 from transformers import initialization as init
 
 from ..ops import causal_depthwise_conv, gated_long_conv, mixer_front
-from ..ops.long_conv import takes_fused_path
+from ..ops.long_conv import kernel_spectrum_layout
 from .cache_m2 import M2CacheLayer
 from .configuration_m2 import M2Config
 from .implicit_filter import M2ImplicitFilter
@@ -130,7 +130,4 @@ class M2LongConvMixer(nn.Module):
 
     def _spectrum(self, implicit_filter: M2ImplicitFilter, conv_input: torch.Tensor) -> torch.Tensor:
         """The filter's spectrum for `conv_input`'s length, in the layout the call consumes (cached in inference)."""
-        length = conv_input.shape[-1]
-        if takes_fused_path(conv_input, self.backend):
-            return implicit_filter.kernel_spectrum(length)
-        return implicit_filter.spectrum(length)
+        return implicit_filter.spectrum(conv_input.shape[-1], kernel_spectrum_layout(conv_input, self.backend))

@@ -5,7 +5,15 @@ Files, as for every op: `reference.py` (torch.fft), `fused.py` (the custom ops a
 the kernels), `kernels.py` (one program per FFT) and `radix_kernels.py` (the radix step beyond one program).
 """
 
-from .fused import fft_long_conv, fused_path_supported, gated_long_conv, gated_long_conv_monarch, takes_fused_path
+from .fused import (
+    KernelSpectrumLayout,
+    fft_long_conv,
+    fused_path_supported,
+    gated_long_conv,
+    gated_long_conv_monarch,
+    kernel_spectrum_layout,
+    takes_fused_path,
+)
 from .plan import (
     DEFAULT_PLAN_LIMITS,
     MAX_FUSED_FFT_SIZE,
@@ -17,10 +25,17 @@ from .plan import (
     monarch_spectrum,
     plan_limits,
 )
-from .reference import fft_long_conv_reference, gated_long_conv_reference, long_conv_kernel, long_conv_spectrum
+from .reference import (
+    fft_long_conv_reference,
+    gated_long_conv_reference,
+    long_conv_kernel,
+    long_conv_spectrum,
+    kernel_spectrum_layout_reference,
+)
 
 __all__ = [
     "DEFAULT_PLAN_LIMITS",
+    "KernelSpectrumLayout",
     "MAX_FUSED_FFT_SIZE",
     "MAX_RADIX_FFT_SIZE",
     "PlanLimits",
@@ -33,6 +48,8 @@ __all__ = [
     "gated_long_conv",
     "gated_long_conv_monarch",
     "gated_long_conv_reference",
+    "kernel_spectrum_layout",
+    "kernel_spectrum_layout_reference",
     "long_conv_kernel",
     "long_conv_spectrum",
     "monarch_spectrum",

@@ -14,6 +14,7 @@ backward is the op `m2hf::gated_long_conv_monarch_backward`. The kernel module i
 runs, so that importing the package needs no Triton driver.
 """
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -161,9 +162,26 @@ def fused_path_supported(u: torch.Tensor, spectrum: torch.Tensor) -> bool:
 
 
 def takes_fused_path(u: torch.Tensor, backend: str = "auto") -> bool:
-    """Whether `gated_long_conv(u, ..., backend=backend)` with a complex64 spectrum runs the fused kernels: the
-    caller can then pass the spectrum in their layout (`monarch_spectrum`, cached per filter)."""
+    """Whether `gated_long_conv(u, ..., backend=backend)` with a complex64 spectrum runs the fused kernels."""
     return use_triton(u, backend) and u.dtype in FUSED_DTYPES and fft_plan(u.shape[-1]) is not None
+
+
+@dataclass(frozen=True)
+class KernelSpectrumLayout:
+    """The conversion of a complex `[H, L + 1]` filter spectrum into the fused kernels' layout under `limits`
+    (`monarch_spectrum`); hashable, so that a filter can cache the converted spectrum under it."""
+
+    limits: PlanLimits
+
+    def __call__(self, spectrum: torch.Tensor, seq_len: int) -> torch.Tensor:
+        return monarch_spectrum(spectrum, seq_len, self.limits)
+
+
+def kernel_spectrum_layout(u: torch.Tensor, backend: str = "auto") -> KernelSpectrumLayout | None:
+    """The layout `gated_long_conv(u, ..., backend=backend)` consumes its spectrum in: a `KernelSpectrumLayout`
+    when the call runs the fused kernels (the caller may pass the converted spectrum, cached per filter), None for
+    the torch.fft path's complex spectrum."""
+    return KernelSpectrumLayout(current_plan_limits()) if takes_fused_path(u, backend) else None
 
 
 def gated_long_conv(

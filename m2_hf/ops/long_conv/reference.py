@@ -78,3 +78,9 @@ def gated_long_conv_reference(
     if post_gate is not None:
         out = out * post_gate.to(real_dtype)
     return out.to(u.dtype)
+
+
+def kernel_spectrum_layout_reference(u: torch.Tensor, backend: str = "auto") -> None:
+    """The spectrum layout a call consumes: always the complex one (None) on the pure-PyTorch path
+    (`fused.kernel_spectrum_layout` dispatches)."""
+    return None
