@@ -28,9 +28,9 @@ from .plan import (
 from .reference import (
     fft_long_conv_reference,
     gated_long_conv_reference,
+    kernel_spectrum_layout_reference,
     long_conv_kernel,
     long_conv_spectrum,
-    kernel_spectrum_layout_reference,
 )
 
 __all__ = [
