@@ -30,7 +30,6 @@ of its stable sort and specialises its padding to the traced length).
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import json
 import os
@@ -47,8 +46,10 @@ from .modeling.implicit_filter import M2ImplicitFilter
 from .ops import long_conv_kernel, long_conv_spectrum
 
 ONNX_FILE = "model.onnx"
+# ONNX opset 20 is the first whose `DFT` takes its length at runtime, which the dynamic length axis needs.
+DEFAULT_OPSET = 20
 EXPORT_DTYPES = {"float32": torch.float32, "float16": torch.float16}
-# The heads the export covers, by `config.architectures` name, and the graph outputs of each.
+# The heads the export covers, by their `config.architectures` name, and those it refuses, with the reason.
 EXPORTABLE_HEADS = {
     "M2Model": M2Model,
     "M2ForMaskedLM": M2ForMaskedLM,
@@ -192,11 +193,6 @@ def _sentence_transformers_pooling(model_dir: Path) -> str | None:
     raise OnnxExportError(f"{model_dir / modules[1]['path']} uses a pooling the export does not know.")
 
 
-def _default_opset() -> int:
-    """ONNX opset 20: the first with `DFT` taking its length at runtime, which dynamic lengths need."""
-    return 20
-
-
 def _clear_intermediate_shapes(onnx_program) -> None:
     """Drop the shape annotations of intermediate values, keeping those of the graph inputs and outputs.
 
@@ -244,8 +240,8 @@ def export_onnx(
         raise OnnxExportError("The ONNX export needs onnxscript: pip install 'm2-hf[onnx]'.")
     if dtype not in EXPORT_DTYPES:
         raise OnnxExportError(f"dtype must be one of {', '.join(EXPORT_DTYPES)}, got {dtype!r}.")
-    opset = _default_opset() if opset is None else opset
-    if opset < 20:
+    opset = DEFAULT_OPSET if opset is None else opset
+    if opset < DEFAULT_OPSET:
         raise OnnxExportError(
             f"opset must be at least 20 (the first ONNX opset whose DFT takes its length at runtime), got {opset}."
         )
@@ -296,8 +292,7 @@ def _load(head: type[nn.Module], model_dir: Path) -> nn.Module:
 
 
 def _wrap(model: nn.Module, config: M2Config, sentence_pooling: str | None, dtype: torch.dtype) -> _ExportedHead:
-    """The module to trace: a copy of `model` with fixed filters (computed in float32), cast to `dtype`."""
-    model = copy.deepcopy(model)
+    """The module to trace: `model` (changed in place) with fixed filters computed in float32, cast to `dtype`."""
     fixed_filters = fix_implicit_filters(model)
     model.to(dtype)
     for fixed in fixed_filters:
@@ -342,6 +337,25 @@ def _export_graph(wrapper: _ExportedHead, config: M2Config, path: Path, opset: i
         raise OnnxExportError(f"torch.onnx.export failed: {type(error).__name__}: {error}") from error
     _clear_intermediate_shapes(program)
     program.save(str(path))
+
+
+def quantize_dynamic_int8(onnx_path: str | os.PathLike, output_path: str | os.PathLike) -> Path:
+    """Quantise an exported `model.onnx` with ONNX Runtime's dynamic quantisation (`quantize_dynamic`: int8
+    weights of the MatMul, Gemm and Conv nodes, activations quantised at run time) into `output_path`.
+
+    ONNX Runtime's quantiser re-runs shape inference and stores shape annotations that again tie the inverse
+    FFTs' outputs to the wrong length (see `_clear_intermediate_shapes`); they are dropped from its output, so the
+    quantised file keeps the dynamic length axis.
+    """
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    output_path = Path(output_path)
+    quantize_dynamic(str(onnx_path), str(output_path), weight_type=QuantType.QInt8)
+    model = onnx.load(str(output_path))
+    del model.graph.value_info[:]
+    onnx.save(model, str(output_path))
+    return output_path
 
 
 def _copy_side_files(model_dir: Path, staging: Path) -> None:
