@@ -17,7 +17,7 @@ Prints and writes tokens/s, ratios against eager, and the accuracy cost: the lar
 lowest cosine similarity of the embeddings (`pooler_output`) and the mean cosine of the token states of each
 runtime against eager float32. Numbers are reported, never asserted.
 
-    python benchmarks/bench_onnx.py --lengths 512 2048 --output benchmarks/results/onnx-cpu.md
+    python benchmarks/bench_onnx.py --lengths 512 2048 --profile --output benchmarks/results/onnx-cpu.md
 """
 
 from __future__ import annotations
@@ -108,6 +108,31 @@ def runners(model: m2_hf.M2Model, folder: Path, runtimes, threads: int) -> dict:
     return result
 
 
+def operator_shares(path: Path, inputs: dict, threads: int) -> str:
+    """One profiled ONNX Runtime call: the share of node time per operator type, largest first (top 5)."""
+    import json
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.enable_profiling = True
+    with tempfile.TemporaryDirectory() as profile_dir:
+        options.profile_file_prefix = str(Path(profile_dir) / "ort")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session.run(None, inputs)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    totals: dict[str, float] = {}
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            op = event["args"]["op_name"]
+            totals[op] = totals.get(op, 0.0) + event["dur"]
+    total = sum(totals.values())
+    top = sorted(totals.items(), key=lambda item: -item[1])[:5]
+    return ", ".join(f"{op} {100 * duration / total:.0f}%" for op, duration in top)
+
+
 def run(args) -> tuple[list[Row], dict]:
     torch.set_num_threads(args.threads)
     model = build_encoder(args.size, max(args.lengths))
@@ -148,6 +173,11 @@ def run(args) -> tuple[list[Row], dict]:
                         max_abs, min_cosine, mean_cosine)
                 )
                 print(format_row(rows[-1], rows), flush=True)
+            if args.profile and "onnxruntime" in args.runtimes:
+                notes.setdefault("profiles", {})[length] = operator_shares(
+                    workdir / "onnx" / ONNX_FILE, inputs, args.threads
+                )
+                print(f"onnxruntime time by operator at L={length}: {notes['profiles'][length]}", flush=True)
     return rows, notes
 
 
@@ -202,12 +232,17 @@ def main(argv=None) -> list[Row]:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--profile", action="store_true", help="add ONNX Runtime's time by operator at each length")
     parser.add_argument("--output", type=Path, help="write the Markdown table here")
     args = parser.parse_args(argv)
     if "eager" in args.runtimes:  # the accuracy reference, measured first
         args.runtimes = ["eager"] + [runtime for runtime in args.runtimes if runtime != "eager"]
     rows, notes = run(args)
     text = header(args, notes) + "\n" + "\n".join(format_row(row, rows) for row in rows) + "\n"
+    if notes.get("profiles"):
+        text += "\nONNX Runtime (float32) node time by operator, one profiled call:\n\n" + "".join(
+            f"- L = {length}: {shares}\n" for length, shares in notes["profiles"].items()
+        )
     print(text)
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)

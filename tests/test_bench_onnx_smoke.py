@@ -19,7 +19,7 @@ def test_onnx_benchmark_smoke(tmp_path, monkeypatch):
     try:
         rows = bench.main(
             ["--size", "toy", "--lengths", "16", "32", "--tokens", "64", "--threads", "1",
-             "--runtimes", "eager", "onnxruntime", "onnxruntime-int8", "--warmup", "0", "--repeats", "1",
+             "--runtimes", "eager", "onnxruntime", "onnxruntime-int8", "--warmup", "0", "--repeats", "1", "--profile",
              "--output", str(output)]
         )
     finally:
@@ -34,3 +34,4 @@ def test_onnx_benchmark_smoke(tmp_path, monkeypatch):
             assert math.isfinite(row.embedding_min_cosine) and row.embedding_max_abs > 0  # quantised: not exact
     text = output.read_text()
     assert text.count("\n| ") == len(rows) + 1 and "onnxruntime 1." in text
+    assert "- L = 16: " in text and "- L = 32: " in text  # the operator profile of each length
