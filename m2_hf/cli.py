@@ -6,6 +6,7 @@
     m2-hf presets
     m2-hf model-cards DIR
     m2-hf export-remote-code DST
+    m2-hf export-onnx MODEL_DIR OUT_DIR [--opset N] [--dtype float32|float16] [--force]
 
 Each command is a subparser registered in `build_parser`; its handler takes the parsed arguments and returns
 the exit status.
@@ -21,6 +22,7 @@ from collections.abc import Sequence
 from .conversion import PRESETS, ConversionError, convert_checkpoint, write_preset_cards
 from .conversion.convert import DTYPES
 from .hub import push_folder
+from .onnx_export import EXPORT_DTYPES, OnnxExportError
 from .remote_code import RemoteCodeError, export_remote_code
 
 
@@ -66,6 +68,13 @@ def _model_cards(args: argparse.Namespace) -> int:
 def _export_remote_code(args: argparse.Namespace) -> int:
     for path in export_remote_code(args.dst):
         print(path)
+    return 0
+
+
+def _export_onnx(args: argparse.Namespace) -> int:
+    from .onnx_export import export_onnx
+
+    print(export_onnx(args.model_dir, args.out_dir, opset=args.opset, dtype=args.dtype, force=args.force) / "model.onnx")
     return 0
 
 
@@ -131,6 +140,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     remote_code.add_argument("dst", metavar="DST", help="a folder written by save_pretrained or m2-hf convert")
     remote_code.set_defaults(handler=_export_remote_code)
+
+    onnx = commands.add_parser(
+        "export-onnx",
+        help="export an M2 text model folder to ONNX (dynamic batch and sequence length)",
+        description=(
+            "Write OUT_DIR/model.onnx for the encoder or classification head saved in MODEL_DIR, with dynamic batch "
+            "and sequence-length axes up to the model's maximum length, and copy the config and tokenizer files "
+            "beside it."
+        ),
+    )
+    onnx.add_argument("model_dir", metavar="MODEL_DIR", help="a folder written by save_pretrained or m2-hf convert")
+    onnx.add_argument("out_dir", metavar="OUT_DIR", help="output folder")
+    onnx.add_argument("--opset", type=int, default=None, help="ONNX opset (default and minimum: 20)")
+    onnx.add_argument("--dtype", choices=list(EXPORT_DTYPES), default="float32", help="dtype of the weights")
+    onnx.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists")
+    onnx.set_defaults(handler=_export_onnx)
     return parser
 
 
@@ -140,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO, format="%(message)s")
     try:
         return args.handler(args)
-    except (ConversionError, RemoteCodeError, OSError) as error:
+    except (ConversionError, RemoteCodeError, OnnxExportError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
 

@@ -103,7 +103,9 @@ class M2MonarchMLP(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         mlp_input = self.layernorm(hidden_states) if self.pre_norm else hidden_states
-        if self.glu and self.fused_glu_activation is not None:
+        # The fused kernel reads the block weight itself: only for a plain block-diagonal projection (not one
+        # wrapped by an adapter, see m2_hf.peft).
+        if self.glu and self.fused_glu_activation is not None and isinstance(self.in_proj, BlockDiagonalLinear):
             inner = blockdiag_glu(mlp_input, self.in_proj.weight, self.fused_glu_activation, backend=self.backend)
         elif self.glu:
             gate, value = self.in_proj(mlp_input).split(self.intermediate_size, dim=-1)
