@@ -62,8 +62,10 @@ def blockdiag_glu_reference(x: torch.Tensor, weight: torch.Tensor, activation: s
     rows = x.reshape(-1, nblocks, in_block).transpose(0, 1)
     projected = torch.bmm(rows, weight.transpose(1, 2).to(rows.dtype))
     half = nblocks // 2
-    gate, value = act(projected[:half]).transpose(0, 1), projected[half:].transpose(0, 1)
     shape = (*x.shape[:-1], half * out_block)
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
-        return (gate * value).reshape(shape)
-    return torch.mul(gate, value, out=projected.new_empty(rows.shape[1], half, out_block)).reshape(shape)
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    if needs_grad or torch.compiler.is_compiling():
+        return (act(projected[:half]) * projected[half:]).transpose(0, 1).contiguous().view(shape)
+    # inference: the product is written straight into the output's [N, half, out_block] layout
+    inner = projected.new_empty(rows.shape[1], half, out_block)
+    return torch.mul(act(projected[:half]).transpose(0, 1), projected[half:].transpose(0, 1), out=inner).view(shape)
