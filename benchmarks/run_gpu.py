@@ -74,16 +74,20 @@ class Stage:
 
 STAGES = (
     Stage(1, "correctness", "Correctness in bf16 at real sizes", 210, (
-        Tests("kernel-tests", ("tests/test_kernels_gpu.py",), ("tests/test_kernels_layernorm.py",)),
+        Tests(
+            "kernel-tests",
+            ("tests/ops/blockdiag", "tests/ops/short_conv", "tests/ops/layernorm", "-m", "gpu"),
+            ("tests/ops/layernorm/test_layernorm.py",),
+        ),
         Tests(
             "long-conv-tests",
-            ("tests/test_kernels_long_conv_gpu.py", "-k", "512 or 4096 or 32768"),
-            ("tests/test_kernels_long_conv.py", "-k", "bf16_inputs and 100"),
+            ("tests/ops/long_conv/test_long_conv.py", "-m", "gpu", "-k", "512 or 4096 or 32768"),
+            ("tests/ops/long_conv/test_long_conv.py", "-k", "bf16_inputs and 100"),
         ),
         Tests(
             "model-tests",
-            ("tests/test_kernels_model.py::test_real_size_model_in_bf16_on_the_kernels_matches_the_reference",),
-            ("tests/test_kernels_model.py::test_masked_lm_forward_and_backward_match_the_reference",),
+            ("tests/modeling/test_models_on_kernels.py::test_real_size_model_in_bf16_on_the_kernels_matches_the_reference",),
+            ("tests/modeling/test_models_on_kernels.py::test_masked_lm_forward_and_backward_match_the_reference",),
         ),
     )),
     Stage(2, "encoder", "Encoder headline: M2-BERT-80M vs BERT-base (sdpa)", 240, (

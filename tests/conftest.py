@@ -10,7 +10,6 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-
 from helpers import FIXTURES, tiny_config  # noqa: E402,F401
 
 
@@ -52,3 +51,20 @@ def small_radix_plans():
 
     with plan_limits(PlanLimits(**SMALL_RADIX_LIMITS)) as limits:
         yield limits
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "gpu: runs the compiled Triton kernels on a CUDA GPU (skipped without one, or when interpreting)"
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    from m2_hf.ops.backend import interpreting
+
+    if torch.cuda.is_available() and not interpreting():
+        return
+    reason = "set TRITON_INTERPRET=0 to run the compiled kernels" if torch.cuda.is_available() else "needs a CUDA GPU"
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason=reason))

@@ -101,13 +101,37 @@ def training_args(tmp_path, **overrides):
     return TrainingArguments(**fields)
 
 
-def compiled_gpu_kernels_only():
-    """Skip marks for tests of the compiled Triton kernels: they need CUDA and `TRITON_INTERPRET=0`."""
-    import pytest
+# Sizes and tolerance of the GPU tests (`@pytest.mark.gpu`): M2-BERT-base shapes, bf16 against an fp32 reference.
+GPU_TOKENS = 16384
+GPU_HIDDEN = 768
+GPU_INTERMEDIATE = 3072
+GPU_NBLOCKS = 4
+GPU_RTOL = 1e-2
 
-    from m2_hf.ops.backend import interpreting
 
-    return [
-        pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
-        pytest.mark.skipif(interpreting(), reason="set TRITON_INTERPRET=0 to run the compiled kernels"),
-    ]
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """Norm-wise relative error of `actual` (finite) against `expected`; complex values stay complex."""
+    assert torch.isfinite(actual).all()
+    if expected.is_complex():
+        return ((actual.to(expected.dtype) - expected).norm() / expected.norm()).item()
+    return ((actual.float() - expected.float()).norm() / expected.float().norm()).item()
+
+
+def check_bf16_against_fp32(fused, reference, inputs, rtol: float = GPU_RTOL) -> None:
+    """Forward and input gradients of `fused` on bf16 inputs vs `reference` on their fp32 upcasts."""
+    low = [t.to(torch.bfloat16).requires_grad_() if t.is_floating_point() else t for t in inputs]
+    high = [t.detach().float().requires_grad_() if t.is_floating_point() else t for t in low]
+    differentiable_low = [t for t in low if t.requires_grad]
+    differentiable_high = [t for t in high if t.requires_grad]
+    outputs = fused(*low)
+    expected = reference(*high)
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    grads_out = [torch.randn_like(e) for e in expected]
+    for actual, wanted in zip(outputs, expected):
+        assert actual.dtype == torch.bfloat16 and actual.shape == wanted.shape
+        assert relative_error(actual, wanted) <= rtol
+    grads = torch.autograd.grad(outputs, differentiable_low, [g.to(torch.bfloat16) for g in grads_out])
+    expected_grads = torch.autograd.grad(expected, differentiable_high, grads_out)
+    for actual, wanted in zip(grads, expected_grads):
+        assert relative_error(actual, wanted) <= rtol

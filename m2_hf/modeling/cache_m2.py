@@ -45,7 +45,7 @@ class M2CacheLayer(CacheLayerMixin):
     It has no attention `keys`/`values`, and it is not one of transformers' linear-attention layers either: those
     keep a fixed-size convolution window and a recurrent state, while an implicit long filter has no recurrent
     form and needs the whole history. transformers' generation tests that read keys, values or fixed-size states
-    therefore do not apply; `tests/test_cache_contract.py` checks the same properties through this layout.
+    therefore do not apply; `tests/modeling/test_cache_contract.py` checks the same properties through this layout.
     """
 
     is_compileable = False

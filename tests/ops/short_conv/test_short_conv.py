@@ -2,13 +2,12 @@
 
 import pytest
 import torch
-from helpers import KERNEL_RTOL as RTOL, assert_relative_close, tiny_config
+from helpers import GPU_HIDDEN, GPU_TOKENS, assert_relative_close, check_bf16_against_fp32, relative_error, tiny_config
+from helpers import KERNEL_RTOL as RTOL
 
-from m2_hf.modeling.modeling_m2 import M2LongConvMixer
-from m2_hf.ops import mixer_front
+from m2_hf.modeling.long_conv_mixer import M2LongConvMixer
+from m2_hf.ops import add_layernorm, mixer_front
 from m2_hf.ops.short_conv import mixer_front_reference, mixer_front_triton
-
-
 
 pytestmark = pytest.mark.usefixtures("poison_kernel_buffers")
 
@@ -135,3 +134,40 @@ def test_compiles_fullgraph(backend):
     torch.testing.assert_close(out, expected)
     for actual, wanted in zip(grads, torch.autograd.grad(expected, (projected, weight, bias))):
         torch.testing.assert_close(actual, wanted)
+
+
+# --- compiled kernels on a GPU at M2-BERT-base sizes (bf16 against the fp32 reference) ---
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("seq_len", [512, 4096])
+def test_mixer_front_bf16_at_real_size(seq_len, masked):
+    device = torch.device("cuda")
+    batch = GPU_TOKENS // seq_len
+    projected = torch.randn(batch, seq_len, 3 * GPU_HIDDEN, device=device)
+    weight = torch.randn(3 * GPU_HIDDEN, 1, 3, device=device) / 3**0.5
+    bias = torch.randn(3 * GPU_HIDDEN, device=device)
+    mask = (torch.rand(batch, seq_len, device=device) > 0.2).float() if masked else None
+    check_bf16_against_fp32(
+        lambda *t: mixer_front(*t, mask, backend="triton"),
+        lambda *t: mixer_front_reference(*t, mask),
+        (projected, weight, bias),
+    )
+
+
+@pytest.mark.gpu
+def test_compiled_layer_front_runs_the_kernels():
+    device = torch.device("cuda")
+    projected = torch.randn(8, 512, 3 * GPU_HIDDEN, device=device, dtype=torch.bfloat16, requires_grad=True)
+    weight = torch.randn(3 * GPU_HIDDEN, 1, 3, device=device, requires_grad=True)
+    bias = torch.randn(3 * GPU_HIDDEN, device=device, requires_grad=True)
+
+    def front(projected, weight, bias):
+        gated, post = mixer_front(projected, weight, bias, backend="triton")
+        return add_layernorm(gated, post, torch.ones(512, device=device), torch.zeros(512, device=device), 1e-5)
+
+    out = torch.compile(front, fullgraph=True)(projected, weight, bias)
+    assert relative_error(out, front(projected, weight, bias)) <= 1e-3
+    out.float().square().sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in (projected, weight, bias))

@@ -9,7 +9,7 @@ from m2_hf import cli
 from m2_hf.conversion import PRESETS, write_preset_cards
 from m2_hf.conversion.model_cards import CARD_TEMPLATE, TEMPLATE_FILE
 
-CARDS = Path(__file__).resolve().parents[1] / "model_cards"
+CARDS = Path(__file__).resolve().parents[2] / "model_cards"
 
 
 def test_committed_cards_match_the_generator(tmp_path):

@@ -22,7 +22,7 @@ from helpers import activation_checkpointing, tiny_config, training_args
 PIL = pytest.importorskip("PIL.Image")
 from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil  # noqa: E402
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "digits_m2_vit.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "digits_m2_vit.py"
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -2,13 +2,11 @@
 
 import pytest
 import torch
+from helpers import GPU_HIDDEN, GPU_TOKENS, assert_relative_close, check_bf16_against_fp32
+from helpers import KERNEL_RTOL as RTOL
 
 from m2_hf.ops import add_layernorm
 from m2_hf.ops.layernorm import add_layernorm_reference, add_layernorm_triton
-
-from helpers import KERNEL_RTOL as RTOL, assert_relative_close
-
-
 
 pytestmark = pytest.mark.usefixtures("poison_kernel_buffers")
 
@@ -85,3 +83,20 @@ def test_compiles_fullgraph(backend):
     torch.testing.assert_close(out, expected)
     for actual, wanted in zip(torch.autograd.grad(out, inputs), torch.autograd.grad(expected, inputs)):
         torch.testing.assert_close(actual, wanted)
+
+
+# --- compiled kernels on a GPU at M2-BERT-base sizes (bf16 against the fp32 reference) ---
+
+
+@pytest.mark.gpu
+def test_add_layernorm_bf16_at_real_size():
+    device = torch.device("cuda")
+    x = torch.randn(GPU_TOKENS // 512, 512, GPU_HIDDEN, device=device)
+    residual = torch.randn_like(x)
+    weight = 1.0 + 0.1 * torch.randn(GPU_HIDDEN, device=device)
+    bias = 0.1 * torch.randn(GPU_HIDDEN, device=device)
+    check_bf16_against_fp32(
+        lambda *t: add_layernorm(*t, 1e-12, backend="triton"),
+        lambda *t: add_layernorm_reference(*t, 1e-12),
+        (x, residual, weight, bias),
+    )

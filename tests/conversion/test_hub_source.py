@@ -25,7 +25,7 @@ from m2_hf import cli
 from m2_hf.conversion import PRESETS, ConversionError, load_original, preset_for_repo
 from m2_hf.hub import upload_files
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 REPO_ID = "hazy-fixtures/m2-bert-tiny"
 
 

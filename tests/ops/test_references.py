@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from helpers import tiny_config
 
 from m2_hf.modeling.modeling_m2 import M2LongConvMixer, M2MonarchMLP
 from m2_hf.ops import (
@@ -12,8 +13,6 @@ from m2_hf.ops import (
     long_conv_spectrum,
     monarch_matmul,
 )
-
-from helpers import tiny_config
 
 
 def direct_bidirectional_conv(s, k_fwd, k_rev):

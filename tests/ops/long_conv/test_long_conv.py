@@ -4,10 +4,11 @@ import importlib
 
 import pytest
 import torch
-from helpers import load_benchmark
+from helpers import GPU_HIDDEN, load_benchmark, relative_error
 
 from m2_hf.ops.long_conv import (
     MAX_RADIX_FFT_SIZE,
+    PlanLimits,
     fft_long_conv,
     fft_long_conv_reference,
     fft_plan,
@@ -17,12 +18,11 @@ from m2_hf.ops.long_conv import (
     gated_long_conv_reference,
     long_conv_kernel,
     long_conv_spectrum,
-    PlanLimits,
     monarch_spectrum,
     plan_limits,
+    radix_kernels,
 )
 from m2_hf.ops.long_conv import kernels as single_program_kernels
-from m2_hf.ops.long_conv import radix_kernels
 
 fused_module = importlib.import_module("m2_hf.ops.long_conv.fused")
 
@@ -308,4 +308,39 @@ def test_benchmark_smoke(tmp_path, monkeypatch):
     )
     expected = [("torch", "fwd"), ("spectrum-layout", "fwd"), ("torch", "train")]
     assert [(r.backend, r.mode) for r in rows] == expected
-    assert output.read_text().count("\n| torch |") == 2 and "| spectrum-layout | monarch_spectrum | 16 |" in output.read_text()
+    table = output.read_text()
+    assert table.count("\n| torch |") == 2 and "| spectrum-layout | monarch_spectrum | 16 |" in table
+
+
+# --- compiled kernels on a GPU at real sizes: 64K tokens per call, H = 768, bf16 inputs ---
+
+LONG_CONV_GPU_TOKENS = 65536
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bidirectional", [True, False])
+@pytest.mark.parametrize("seq_len", [512, 1024, 2048, 4096, 8192, 16384, 32768])
+def test_bf16_matches_fp32_reference(seq_len, bidirectional):
+    device = torch.device("cuda")
+    batch = LONG_CONV_GPU_TOKENS // seq_len
+    shape = (batch, GPU_HIDDEN, seq_len)
+    forward_filter = torch.randn(GPU_HIDDEN, seq_len, device=device) / seq_len**0.5
+    reverse_filter = torch.randn(GPU_HIDDEN, seq_len, device=device) / seq_len**0.5 if bidirectional else None
+    spectrum = long_conv_spectrum(long_conv_kernel(forward_filter, reverse_filter), seq_len).requires_grad_()
+    skip = torch.randn(GPU_HIDDEN, device=device, requires_grad=True)
+    u, pre_gate, post_gate = (torch.randn(shape, device=device, dtype=torch.bfloat16) for _ in range(3))
+    halves = [t.requires_grad_() for t in (u, pre_gate, post_gate)]
+    singles = [t.detach().float().requires_grad_() for t in halves]
+    assert fused_path_supported(u, spectrum)
+
+    out = gated_long_conv(halves[0], spectrum, skip, halves[1], halves[2], backend="triton")
+    expected = gated_long_conv_reference(singles[0], spectrum, skip, singles[1], singles[2])
+    assert out.dtype == torch.bfloat16
+    assert relative_error(out, expected) <= 1e-2
+
+    grad_out = torch.randn(shape, device=device, dtype=torch.bfloat16)
+    grads = torch.autograd.grad(out, [*halves, spectrum, skip], grad_out)
+    expected_grads = torch.autograd.grad(expected, [*singles, spectrum, skip], grad_out.float())
+    for grad, expected_grad in zip(grads, expected_grads):
+        assert torch.isfinite(grad).all()
+        assert relative_error(grad, expected_grad) <= 1e-2

@@ -1,6 +1,6 @@
 """Train a tiny M2ForSequenceClassification with `Trainer` on random data in every process of a torchrun job.
 
-    torchrun --standalone --nproc_per_node 2 tests/ddp_train.py OUTPUT_DIR
+    torchrun --standalone --nproc_per_node 2 tests/training/ddp_train.py OUTPUT_DIR
 
 Each rank starts from its own random weights (DDP must broadcast rank 0's), trains on its shard of the data and
 writes `initial-rank{R}.safetensors`, `final-rank{R}.safetensors` and `rank{R}.json` (world size, steps, losses)
@@ -21,7 +21,7 @@ from transformers import Trainer, TrainingArguments
 
 import m2_hf
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from helpers import tiny_config
 
 STEPS = 4

@@ -2,6 +2,17 @@
 
 import pytest
 import torch
+from helpers import (
+    GPU_HIDDEN,
+    GPU_INTERMEDIATE,
+    GPU_NBLOCKS,
+    GPU_RTOL,
+    GPU_TOKENS,
+    assert_relative_close,
+    check_bf16_against_fp32,
+    relative_error,
+)
+from helpers import KERNEL_RTOL as RTOL
 
 from m2_hf.ops import blockdiag_glu, blockdiag_matmul, monarch_matmul
 from m2_hf.ops.blockdiag import (
@@ -11,10 +22,6 @@ from m2_hf.ops.blockdiag import (
     blockdiag_matmul_triton,
 )
 from m2_hf.ops.monarch import monarch_matmul_reference, monarch_matmul_triton
-
-from helpers import KERNEL_RTOL as RTOL, assert_relative_close
-
-
 
 pytestmark = pytest.mark.usefixtures("poison_kernel_buffers")
 
@@ -138,3 +145,74 @@ def test_compiles_fullgraph(backend):
     torch.testing.assert_close(out, expected)
     for actual, wanted in zip(grads, expected_grads):
         torch.testing.assert_close(actual, wanted)
+
+
+# --- compiled kernels on a GPU at M2-BERT-base sizes (bf16 against the fp32 reference) ---
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize(
+    "in_features, out_features, nblocks",
+    [
+        (GPU_INTERMEDIATE, GPU_HIDDEN, GPU_NBLOCKS),
+        (GPU_HIDDEN, 2 * GPU_INTERMEDIATE, GPU_NBLOCKS),
+        (GPU_HIDDEN, GPU_HIDDEN, 1),
+    ],
+)
+def test_blockdiag_matmul_bf16_at_real_size(in_features, out_features, nblocks, with_bias):
+    device = torch.device("cuda")
+    x = torch.randn(GPU_TOKENS // 512, 512, in_features, device=device)
+    weight = torch.randn(nblocks, out_features // nblocks, in_features // nblocks, device=device)
+    weight /= (in_features // nblocks) ** 0.5
+    inputs = (x, weight) + ((torch.randn(out_features, device=device),) if with_bias else ())
+    check_bf16_against_fp32(lambda *t: blockdiag_matmul(*t, backend="triton"), blockdiag_matmul_reference, inputs)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("nblocks", [1, 2, GPU_NBLOCKS])
+def test_blockdiag_glu_bf16_at_real_size(nblocks):
+    device = torch.device("cuda")
+    x = torch.randn(GPU_TOKENS // 512, 512, GPU_HIDDEN, device=device)
+    weight = torch.randn(nblocks, 2 * GPU_INTERMEDIATE // nblocks, GPU_HIDDEN // nblocks, device=device)
+    weight /= (GPU_HIDDEN // nblocks) ** 0.5
+    check_bf16_against_fp32(lambda *t: blockdiag_glu(*t, backend="triton"), blockdiag_glu_reference, (x, weight))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", [(32, 32, 32, 32), (16, 48, 48, 16), (4, 192, 192, 4)])
+def test_monarch_matmul_bf16_at_real_size(shape):
+    k, q, p, s = shape
+    device = torch.device("cuda")
+    x = torch.randn(GPU_TOKENS, k * p, device=device)
+    right = torch.randn(k, q, p, device=device) / p**0.5
+    left = torch.randn(q, s, k, device=device) / k**0.5
+    check_bf16_against_fp32(lambda *t: monarch_matmul(*t, backend="triton"), monarch_matmul_reference, (x, right, left))
+
+
+@pytest.mark.gpu
+def test_autocast_mlp_matches_reference():
+    """Under bf16 autocast, fp32 weights and activations: the kernels cast tiles as autocast would cast tensors."""
+    device = torch.device("cuda")
+    x = torch.randn(GPU_TOKENS, GPU_HIDDEN, device=device, requires_grad=True)
+    w_in = (
+        torch.randn(GPU_NBLOCKS, 2 * GPU_INTERMEDIATE // GPU_NBLOCKS, GPU_HIDDEN // GPU_NBLOCKS, device=device) / 14
+    ).requires_grad_()
+    w_out = (
+        torch.randn(GPU_NBLOCKS, GPU_HIDDEN // GPU_NBLOCKS, GPU_INTERMEDIATE // GPU_NBLOCKS, device=device) / 28
+    ).requires_grad_()
+    b_out = torch.randn(GPU_HIDDEN, device=device, requires_grad=True)
+    params = (x, w_in, w_out, b_out)
+
+    def mlp(backend):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            inner = blockdiag_glu(x, w_in, backend=backend)
+            return blockdiag_matmul(inner, w_out, b_out, backend=backend)
+
+    out, expected = mlp("triton"), mlp("torch")
+    assert out.dtype == expected.dtype == torch.bfloat16
+    assert relative_error(out, expected) <= GPU_RTOL
+    grad = torch.randn_like(out)
+    for actual, wanted in zip(torch.autograd.grad(out, params, grad), torch.autograd.grad(expected, params, grad)):
+        assert actual.dtype == wanted.dtype
+        assert relative_error(actual, wanted) <= GPU_RTOL

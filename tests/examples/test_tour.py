@@ -10,7 +10,7 @@ import torch
 
 from m2_hf.hub import publishing_problems
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 STEPS = [
     "1 convert",
     "2 MLM pretraining",

@@ -71,7 +71,7 @@ def test_accelerate_config_file_gives_an_fsdp2_plugin_wrapping_m2_layers(monkeyp
     options = {option for action in launch.launch_command_parser()._actions for option in action.option_strings}
     if "--fsdp_version" not in options:
         pytest.skip("FSDP2 needs accelerate >= 1.6")
-    config_file = Path(__file__).resolve().parents[1] / "examples" / "accelerate_fsdp2.yaml"
+    config_file = Path(__file__).resolve().parents[2] / "examples" / "accelerate_fsdp2.yaml"
     args = launch.launch_command_parser().parse_args(["--config_file", str(config_file), "train.py"])
     validated = launch._validate_launch_command(args)  # merges the config file into the arguments
     args = validated[0] if isinstance(validated, tuple) else validated

@@ -2,10 +2,9 @@
 
 import pytest
 import torch
+from helpers import tiny_config
 
 import m2_hf
-
-from helpers import tiny_config
 
 CASES = {
     "m2-bert": dict(),
@@ -128,7 +127,7 @@ def test_forcing_triton_without_cuda_or_interpreter_is_an_error(monkeypatch):
     assert not m2_hf.ops.backend.use_triton(torch.zeros(1), "auto")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu
 @pytest.mark.parametrize("case", ["m2-bert", "m2-gpt"])
 def test_real_size_model_in_bf16_on_the_kernels_matches_the_reference(case):
     """M2-BERT-80M-sized models (768 wide, 12 layers, L = 1024) under bf16 autocast: kernels against reference."""

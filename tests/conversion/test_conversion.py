@@ -32,7 +32,7 @@ from m2_hf.conversion import PRESETS, config_from_original, save_tokenizer
 from m2_hf.conversion.heads import MODEL_KINDS, parameter_count
 from m2_hf.modeling.implicit_filter import filter_decay_rates, filter_positions
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 TOLERANCE = 1e-5
 
 

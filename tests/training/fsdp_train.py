@@ -1,6 +1,6 @@
 """Train a tiny M2ForSequenceClassification sharded with FSDP2 across a torchrun job, and unsharded in one process.
 
-    torchrun --standalone --nproc_per_node 2 tests/fsdp_train.py OUTPUT_DIR
+    torchrun --standalone --nproc_per_node 2 tests/training/fsdp_train.py OUTPUT_DIR
 
 Every rank builds the same model. Two sharded copies wrap each `M2Layer` and then the whole model with
 `fully_shard` and use activation checkpointing: `sharded` computes in float32, `sharded_bf16` in bfloat16 (float32
@@ -20,14 +20,16 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from helpers import tiny_config  # the script's folder is first on sys.path when it runs as a script
 from safetensors.torch import save_file
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
-import m2_hf
-from m2_hf.modeling.modeling_m2 import M2Layer
-from m2_hf.optimization import original_parameter_groups
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for helpers
+from helpers import tiny_config  # noqa: E402
+
+import m2_hf  # noqa: E402
+from m2_hf.modeling.modeling_m2 import M2Layer  # noqa: E402
+from m2_hf.optimization import original_parameter_groups  # noqa: E402
 
 STEPS = 2
 # Filter learning rates large enough for plain SGD to move every parameter visibly.
