@@ -154,25 +154,25 @@ def sentence_transformer_encoder(sentence_model) -> M2Model:
 
     sentence-transformers trains the Dense layer of such a model (`2_Dense`) as a module of its own, apart from the
     encoder's pooler that it was copied from. This copies the Dense weights back into the pooler, so that the
-    encoder's `pooler_output` is again the model's embedding, and returns the encoder (the same object as
-    `sentence_model[0].auto_model`, changed in place: the pooler is unused by the sentence-transformers pipeline).
+    encoder's `pooler_output` is again the model's embedding. A model without a Dense layer (saved from an encoder
+    without a pooler) embeds with the pooled last hidden state: its encoder's pooler, which `AutoModel` adds back
+    on loading with new weights, is removed. The encoder returned is `sentence_model[0].auto_model`, changed in
+    place; the sentence-transformers pipeline does not use its pooler, so its embeddings stay the same.
 
     Raises:
         TypeError: if the model's first module does not hold an `M2Model`.
-        ValueError: if the model is not the pipeline `save_sentence_transformer` writes (the M2 encoder, the pooling
-            of its `config.pooling`, and a tanh Dense layer of the pooler's shape exactly when the encoder has a
-            pooler).
+        ValueError: if the model is not a pipeline `save_sentence_transformer` writes: the M2 encoder, the pooling
+            of its `config.pooling`, and optionally a tanh Dense layer of the pooler's shape.
     """
     modules = list(sentence_model)
     encoder = getattr(modules[0], "auto_model", None) if modules else None
     if not isinstance(encoder, M2Model):
         raise TypeError(f"The SentenceTransformer's first module holds {type(encoder).__name__}, not an M2Model.")
-    expected = ["Transformer", "Pooling"] + (["Dense"] if encoder.pooler is not None else [])
     names = [type(module).__name__ for module in modules]
-    if names != expected:
+    if names not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Dense"]):
         raise ValueError(
-            f"The SentenceTransformer's modules are {names}; an M2 encoder "
-            f"{'with' if encoder.pooler is not None else 'without'} a pooler is saved as {expected}."
+            f"The SentenceTransformer's modules are {names}; an M2 encoder is saved as ['Transformer', 'Pooling'] "
+            "followed by 'Dense' when it has a pooler."
         )
     modes = _pooling_modes(modules[1])
     if len(modes) != 1 or modes.pop() not in _POOLING_NAMES[encoder.config.pooling]:
@@ -180,13 +180,19 @@ def sentence_transformer_encoder(sentence_model) -> M2Model:
             f"The SentenceTransformer pools with {sorted(_pooling_modes(modules[1]))}, but the encoder's "
             f"config.pooling is {encoder.config.pooling!r}."
         )
-    if encoder.pooler is None:
+    if len(modules) == 2:
+        encoder.pooler = None
         return encoder
-    dense, pooler = modules[2], encoder.pooler.dense
+    dense = modules[2]
     if not isinstance(dense.activation_function, nn.Tanh):
         raise ValueError(f"The Dense layer's activation is {dense.activation_function}, not the pooler's tanh.")
-    if dense.linear.weight.shape != pooler.weight.shape or (dense.linear.bias is None) != (pooler.bias is None):
-        raise ValueError("The Dense layer's shape or bias does not match the encoder's pooler.")
+    pooler = encoder.pooler.dense if encoder.pooler is not None else None
+    if (
+        pooler is None
+        or dense.linear.weight.shape != pooler.weight.shape
+        or (dense.linear.bias is None) != (pooler.bias is None)
+    ):
+        raise ValueError("The Dense layer does not match the encoder's pooler (shape, bias, or no pooler at all).")
     with torch.no_grad():
         pooler.weight.copy_(dense.linear.weight)
         if pooler.bias is not None:

@@ -112,18 +112,22 @@ def reword(review: str, rng: random.Random) -> tuple[str, str, str]:
     return rewording, aspect, f"not {group}" if negated else group
 
 
-def main() -> None:
+def write_pairs(folder: Path) -> None:
+    """Write `train.tsv` and `test.tsv` into `folder` (created if needed) from the reviews next to this script."""
     rng = random.Random(1810)
-    data = Path(__file__).resolve().parent
-    folder = data / "review_pairs"
-    folder.mkdir(exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    reviews_folder = Path(__file__).resolve().parent / "reviews"
     for source, target in (("train.tsv", "train.tsv"), ("dev.tsv", "test.tsv")):
-        reviews = [line.split("\t")[0] for line in (data / "reviews" / source).read_text().splitlines()[1:]]
+        reviews = [line.split("\t")[0] for line in (reviews_folder / source).read_text().splitlines()[1:]]
         lines = ["anchor\tpositive\taspect\tjudgement"]
         for review in reviews:
             rewording, aspect, judgement = reword(review, rng)
             lines.append(f"{review}\t{rewording}\t{aspect}\t{judgement}")
         (folder / target).write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    write_pairs(Path(__file__).resolve().parent / "review_pairs")
 
 
 if __name__ == "__main__":
