@@ -2,17 +2,17 @@
 
 The training data are paraphrase pairs: each review of the bundled set with a rewording that names the same aspect
 and the same judgement in other words (`examples/data/review_pairs`, written by `make_review_pairs.py`). The
-encoder, a tiny randomly initialised M2-BERT whose embedding is `pooler_output` (its pooler over the masked mean of
-the last hidden state, as `M2Model` computes it), is saved with `m2_hf.sentence_transformers.save_sentence_transformer`,
-loaded with `SentenceTransformer` and trained with sentence-transformers' own trainer
-(`SentenceTransformerTrainer`, `SentenceTransformerTrainingArguments`) and the multiple-negatives ranking loss:
-each review must pick its rewording among the rewordings of the other reviews in its batch, by cosine similarity.
-The optimizer uses the original M2-BERT recipe's parameter groups (`m2_hf.optimization`).
+encoder is a tiny randomly initialised M2-BERT whose embedding is `pooler_output` (its pooler over the masked mean
+of the last hidden state). It is saved with `m2_hf.sentence_transformers.save_sentence_transformer`, loaded with
+`SentenceTransformer` and trained with sentence-transformers' own trainer (`SentenceTransformerTrainer`,
+`SentenceTransformerTrainingArguments`) and the multiple-negatives ranking loss: each review must pick its rewording
+among the rewordings of the other reviews in its batch, by cosine similarity. The optimizer uses the original
+M2-BERT recipe's parameter groups (`m2_hf.optimization`).
 
-The retrieval check searches, for each review of the held-out split, its rewording among all held-out rewordings
-(sentence-transformers' `InformationRetrievalEvaluator`; a rewording of another review with the same aspect and
-judgement counts as relevant too), once with the untrained encoder and once with the trained one, in the same run.
-The trained encoder is saved again with `save_sentence_transformer` and reloaded with `SentenceTransformer`.
+The retrieval check searches, for each review of the held-out split (one per aspect and judgement), its rewording
+among all their rewordings (sentence-transformers' `InformationRetrievalEvaluator`, cosine similarity), once with
+the untrained encoder and once with the trained one, in the same run. The trained encoder is saved again with
+`save_sentence_transformer` (through `sentence_transformer_encoder`) and reloaded with `SentenceTransformer`.
 
 Usage: python examples/embedding_training.py [--output-dir outputs/m2-bert-tiny-review-embeddings] [--epochs N]
        [--learning-rate LR] [--seed N] [--threads N]

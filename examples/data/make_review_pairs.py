@@ -3,8 +3,8 @@
 A review of the bundled set (`make_reviews.py`) judges one aspect of a film ("the soundtrack", "the pacing") with
 one adjective, possibly negated. Its rewording names the same aspect and the same judgement in other words: a
 synonym of the aspect ("the music", "the score"), another adjective of the same meaning group ("dull", "boring" and
-"tedious" are one group; "monotonous" rewords them) with the same negation, and another sentence frame. So a pair
-is a paraphrase pair, the usual training data of sentence-embedding models, and finding a review's rewording among
+"tedious" are one group; "monotonous" rewords them) with the same negation, in another sentence frame or with
+another opener, verb and ending. So a pair is a paraphrase pair, the usual training data of sentence-embedding models, and finding a review's rewording among
 the rewordings of other reviews is a small retrieval task that word overlap does not solve.
 
 Columns: `anchor` (the review), `positive` (its rewording), `aspect` and `judgement` (what both say, e.g.
@@ -80,8 +80,8 @@ def _alternatives(options: list[str]) -> str:
 
 REVIEW = re.compile(
     f"(?P<opener>{_alternatives(OPENERS)})(?P<subject>{_alternatives(SUBJECTS)}) (?P<verb>{_alternatives(VERBS)}) "
-    f"(?P<negation>not )?(?P<intensifier>{_alternatives(INTENSIFIERS)})(?P<adjective>{_alternatives(POSITIVE + NEGATIVE)})"
-    f"(?P<ending>{_alternatives(ENDINGS)})"
+    f"(?P<negation>not )?(?P<intensifier>{_alternatives(INTENSIFIERS)})"
+    f"(?P<adjective>{_alternatives(POSITIVE + NEGATIVE)})(?P<ending>{_alternatives(ENDINGS)})"
 )
 
 
