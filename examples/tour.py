@@ -10,8 +10,10 @@ Runs on CPU in a few minutes (and on a GPU when there is one); every model is ti
 3. trains the small M2 encoder of `run_glue.py --tiny` for sentiment classification with `Trainer` and the original
    recipe's optimizer groups on the bundled review set (`examples/data/reviews`, SST-2 format), reports dev accuracy
    and runs the `text-classification` pipeline;
-4. saves that classifier's encoder as a sentence-transformers model and prints cosine similarities of its sentence
-   embeddings (loaded with `SentenceTransformer` when sentence-transformers is installed);
+4. trains a tiny M2 encoder for sentence embeddings the way retrieval models are trained: sentence-transformers'
+   `SentenceTransformerTrainer` with the multiple-negatives ranking loss on paraphrase pairs of the reviews
+   (`examples/data/review_pairs`); reports held-out recall@k against the untrained encoder, prints graded cosine
+   similarities and saves it as a sentence-transformers model (`embedding_training.py`);
 5. trains a tiny M2-GPT (`M2ForCausalLM`) on the same corpus and runs the `text-generation` pipeline;
 6. trains a tiny M2-ViT (`M2ForImageClassification`) on scikit-learn's handwritten digits and runs the
    `image-classification` pipeline on PIL images.
@@ -53,8 +55,6 @@ from safetensors.torch import load_file  # noqa: E402
 from transformers import (  # noqa: E402
     AutoModel,
     AutoModelForMaskedLM,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
     DataCollatorForLanguageModeling,
     DataCollatorWithPadding,
     Trainer,
@@ -67,7 +67,6 @@ from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPi
 import m2_hf  # noqa: E402
 from m2_hf.hub import publishing_problems, upload_files, write_model_card  # noqa: E402
 from m2_hf.optimization import original_optimizer_cls_and_kwargs  # noqa: E402
-from m2_hf.sentence_transformers import save_sentence_transformer  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REVIEWS = REPO_ROOT / "examples" / "data" / "reviews"
@@ -100,6 +99,11 @@ FIXTURE_CHECKPOINTS = {
 ORIGINAL_TOLERANCE = 1e-5
 EMBEDDING_TOLERANCE = 1e-4
 MIN_REVIEW_ACCURACY = 0.75
+# Recall@5 of the held-out rewordings (about 95 of them: chance 5%) after training, and its gain over the untrained
+# encoder.
+EMBEDDING_RECALL_AT = 5
+MIN_EMBEDDING_RECALL = 0.5
+MIN_EMBEDDING_RECALL_GAIN = 0.3
 MIN_DIGITS_ACCURACY = 0.5
 
 MLM_SEQ_LEN = 64
@@ -116,14 +120,6 @@ REVIEW_PROMPTS = [
     "the ending was not gripping, and i would say so again.",
     "honestly, the pacing was not dull.",
 ]
-# Two positive and two negative reviews: an encoder trained on sentiment puts each pair closer than mixed pairs.
-EMBEDDING_SENTENCES = [
-    "the acting was really wonderful from start to finish.",
-    "honestly, the story felt quite touching.",
-    "the script was utterly tedious in every way.",
-    "in the end, the finale felt rather tiresome.",
-]
-EMBEDDING_LABELS = [1, 1, 0, 0]
 GENERATION_PROMPTS = ["the return statement", "a list is"]
 DIGITS_SHOWN = 10
 
@@ -135,15 +131,29 @@ class Schedule:
     mlm_steps: int
     classifier_epochs: float
     classifier_train_examples: int | None  # None: the whole training set
+    embedding_epochs: float
     gpt_steps: int
     vit_epochs: int
     check_learning: bool = True
 
 
-FULL = Schedule(mlm_steps=80, classifier_epochs=20, classifier_train_examples=None, gpt_steps=160, vit_epochs=15)
+FULL = Schedule(
+    mlm_steps=80,
+    classifier_epochs=20,
+    classifier_train_examples=None,
+    embedding_epochs=8,
+    gpt_steps=160,
+    vit_epochs=15,
+)
 # A smoke test of every step: too short to learn, so only conversion, pipelines and folders are checked.
 QUICK = Schedule(
-    mlm_steps=4, classifier_epochs=1, classifier_train_examples=32, gpt_steps=2, vit_epochs=1, check_learning=False
+    mlm_steps=4,
+    classifier_epochs=1,
+    classifier_train_examples=32,
+    embedding_epochs=1,
+    gpt_steps=2,
+    vit_epochs=1,
+    check_learning=False,
 )
 
 
@@ -408,55 +418,55 @@ def train_classifier(settings: Settings) -> StepResult:
 
 
 def sentence_embeddings(settings: Settings) -> StepResult:
-    """Save the classifier's encoder as a sentence-transformers model and compare sentence embeddings."""
-    classifier_folder = settings.output_dir / CLASSIFIER_FOLDER
-    folder = save_sentence_transformer(
-        AutoModelForSequenceClassification.from_pretrained(classifier_folder),
-        AutoTokenizer.from_pretrained(classifier_folder),
+    """Train a tiny M2 encoder on review paraphrase pairs with sentence-transformers' trainer, compare its held-out
+    recall@k with the untrained encoder's, print graded similarities and check the saved folder."""
+    # sentence-transformers is needed by this step only: without it, the step fails and the others run.
+    import embedding_training
+    from sentence_transformers import SentenceTransformer
+
+    trained = embedding_training.train_sentence_embeddings(
         settings.output_dir / EMBEDDINGS_FOLDER,
-        base_model=classifier_folder.name,
-        description=f"Sentence embeddings of a tiny M2-BERT trained to classify reviews ({TOUR}).",
+        epochs=settings.schedule.embedding_epochs,
+        seed=settings.seed,
+        scratch_dir=settings.scratch_dir,
+        device=DEVICE,
+        description=f"Sentence embeddings of a tiny M2-BERT trained on paraphrase pairs of reviews ({TOUR}).",
         language="en",
     )
-    # The feature-extraction pipeline loads the encoder with AutoModel and returns its token vectors
-    # (last_hidden_state); the sentence embedding is the encoder's pooler output.
-    extract = pipeline("feature-extraction", model=str(folder), device=DEVICE)
-    token_vectors = extract(EMBEDDING_SENTENCES[0], return_tensors=True)
-    print(
-        f"feature-extraction with {type(extract.model).__name__}: token vectors {list(token_vectors.shape)} "
-        f"for {EMBEDDING_SENTENCES[0]!r}"
+    print(embedding_training.report(trained))
+    before, after = trained.recall_before[EMBEDDING_RECALL_AT], trained.recall_after[EMBEDDING_RECALL_AT]
+    result = StepResult(
+        "M2Model in SentenceTransformer", f"held-out recall@{EMBEDDING_RECALL_AT} {before:.2f} -> {after:.2f}"
     )
-    inputs = extract.tokenizer(EMBEDDING_SENTENCES, padding=True, return_tensors="pt").to(DEVICE)
-    with torch.no_grad():
-        embeddings = extract.model(**inputs).pooler_output.cpu()
-    result = StepResult("M2Model")
-    try:
-        from sentence_transformers import SentenceTransformer
-    except ImportError:
-        print("sentence-transformers is not installed: the embeddings are the encoder's pooler output")
-    else:
-        sentence_model = SentenceTransformer(str(folder), device=DEVICE)
-        encoded = sentence_model.encode(EMBEDDING_SENTENCES, convert_to_tensor=True).cpu()
-        difference = (encoded - embeddings).abs().max().item()
-        print(f"SentenceTransformer({folder}) embeds like the encoder's pooler output: max diff {difference:.1e}")
-        result.model = "M2Model in SentenceTransformer"
-        if not difference <= EMBEDDING_TOLERANCE:
-            result.problems.append(f"SentenceTransformer and AutoModel embeddings differ by {difference:.1e}")
-        embeddings = encoded
+    if not (after >= MIN_EMBEDDING_RECALL and after - before >= MIN_EMBEDDING_RECALL_GAIN):
+        result.learning_problems.append(
+            f"recall@{EMBEDDING_RECALL_AT} {before:.2f} untrained -> {after:.2f} trained: not at least "
+            f"{MIN_EMBEDDING_RECALL} and {MIN_EMBEDDING_RECALL_GAIN} better"
+        )
+    kinds = [kind for kind, _ in embedding_training.GRADED_SENTENCES]
+    closest = kinds[max(range(len(kinds)), key=trained.similarities_after.__getitem__)]
+    if closest != "rewording":
+        result.learning_problems.append(f"the closest sentence to the query is the {closest!r} one, not its rewording")
+    if not trained.reload_difference <= EMBEDDING_TOLERANCE:
+        result.problems.append(f"the reloaded folder's embeddings differ by {trained.reload_difference:.1e}")
 
-    normalised = torch.nn.functional.normalize(embeddings, dim=-1)
-    similarities = normalised @ normalised.T
-    print("cosine similarities:")
-    for sentence, row in zip(EMBEDDING_SENTENCES, similarities):
-        print(f"  {' '.join(f'{value:5.2f}' for value in row)}  {sentence}")
-    labels = torch.tensor(EMBEDDING_LABELS)
-    same = labels[:, None] == labels[None, :]
-    same_sentiment = similarities[same & ~torch.eye(len(labels), dtype=torch.bool)].mean().item()
-    opposite_sentiment = similarities[~same].mean().item()
-    result.result = f"mean cosine: same sentiment {same_sentiment:.2f}, opposite {opposite_sentiment:.2f}"
-    print(result.result)
-    if not same_sentiment > opposite_sentiment:
-        result.learning_problems.append("reviews of the same sentiment are not closer than of opposite sentiment")
+    # The folder is also a transformers model: the feature-extraction pipeline loads its encoder with AutoModel,
+    # whose pooler output is the sentence embedding.
+    folder = trained.folder
+    sentences = [embedding_training.QUERY, *(sentence for _, sentence in embedding_training.GRADED_SENTENCES)]
+    extract = pipeline("feature-extraction", model=str(folder), device=DEVICE)
+    token_vectors = extract(sentences[0], return_tensors=True)
+    inputs = extract.tokenizer(sentences, padding=True, return_tensors="pt").to(DEVICE)
+    with torch.no_grad():
+        pooler_output = extract.model(**inputs).pooler_output.cpu()
+    encoded = SentenceTransformer(str(folder), device=DEVICE).encode(sentences, convert_to_tensor=True).cpu()
+    difference = (encoded - pooler_output).abs().max().item()
+    print(
+        f"feature-extraction with {type(extract.model).__name__}: token vectors {list(token_vectors.shape)}; its "
+        f"pooler output is the SentenceTransformer embedding (max diff {difference:.1e})"
+    )
+    if not difference <= EMBEDDING_TOLERANCE:
+        result.problems.append(f"SentenceTransformer and AutoModel embeddings differ by {difference:.1e}")
     check_publishable(folder, result)
     return result
 
@@ -589,7 +599,7 @@ STEPS = [
     ("1 convert", "convert the original-format M2-BERT fixture", convert_original_checkpoints),
     ("2 MLM pretraining", "pretrain a tiny M2-BERT with masked language modelling", pretrain_masked_lm),
     ("3 classification", "train a sentiment classifier", train_classifier),
-    ("4 sentence embeddings", "sentence embeddings from the sentiment classifier's encoder", sentence_embeddings),
+    ("4 sentence embeddings", "train sentence embeddings on review paraphrase pairs", sentence_embeddings),
     ("5 causal LM", "train a tiny M2-GPT and generate text", train_causal_lm),
     ("6 image classification", "train a tiny M2-ViT on handwritten digits", train_image_classifier),
 ]

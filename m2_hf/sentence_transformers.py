@@ -5,7 +5,8 @@
 `trust_remote_code=True` where m2_hf is not installed). Its embedding is the encoder's pooler output,
 `tanh(dense(pooled))`, or for an encoder without a pooler (the masked-LM and token-classification heads) the
 pooled last hidden state itself; `config.pooling` chooses the [CLS] state (`"first_token"`) or the masked mean
-(`"mean"`).
+(`"mean"`). After training such a model with sentence-transformers (`SentenceTransformerTrainer`),
+`sentence_transformer_encoder(sentence_model)` gives back its `M2Model` with what it learned, to save again.
 
 The files use the long-standing `sentence_transformers.models.*` format, which current and older releases load;
 writing them does not need sentence-transformers installed.
@@ -18,7 +19,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from safetensors.torch import save_file
+from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .hub import write_model_card
@@ -127,3 +130,71 @@ def save_sentence_transformer(
         **card_metadata,
     )
     return folder
+
+
+# The names sentence-transformers gives each `config.pooling`: `pooling_mode` in releases >= 6, the suffix of the
+# boolean `pooling_mode_*` attribute before.
+_POOLING_NAMES = {"first_token": ("cls", "cls_token"), "mean": ("mean", "mean_tokens")}
+
+
+def _pooling_modes(pooling) -> set[str]:
+    mode = getattr(pooling, "pooling_mode", None)
+    if mode is not None:
+        return {mode} if isinstance(mode, str) else set(mode)
+    return {
+        name.removeprefix("pooling_mode_")
+        for name, value in vars(pooling).items()
+        if name.startswith("pooling_mode_") and value is True
+    }
+
+
+def sentence_transformer_encoder(sentence_model) -> M2Model:
+    """The `M2Model` of a `SentenceTransformer` loaded from a `save_sentence_transformer` folder, holding what it
+    learned, for saving it again with `save_sentence_transformer`.
+
+    sentence-transformers trains the Dense layer of such a model (`2_Dense`) as a module of its own, apart from the
+    encoder's pooler that it was copied from. This copies the Dense weights back into the pooler, so that the
+    encoder's `pooler_output` is again the model's embedding. A model without a Dense layer (saved from an encoder
+    without a pooler) embeds with the pooled last hidden state: its encoder's pooler, which `AutoModel` adds back
+    on loading with new weights, is removed. The encoder returned is `sentence_model[0].auto_model`, changed in
+    place; the sentence-transformers pipeline does not use its pooler, so its embeddings stay the same.
+
+    Raises:
+        TypeError: if the model's first module does not hold an `M2Model`.
+        ValueError: if the model is not a pipeline `save_sentence_transformer` writes: the M2 encoder, the pooling
+            of its `config.pooling`, and optionally a tanh Dense layer of the pooler's shape.
+    """
+    modules = list(sentence_model)
+    encoder = getattr(modules[0], "auto_model", None) if modules else None
+    if not isinstance(encoder, M2Model):
+        raise TypeError(f"The SentenceTransformer's first module holds {type(encoder).__name__}, not an M2Model.")
+    names = [type(module).__name__ for module in modules]
+    if names not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Dense"]):
+        raise ValueError(
+            f"The SentenceTransformer's modules are {names}; an M2 encoder is saved as ['Transformer', 'Pooling'] "
+            "followed by 'Dense' when it has a pooler."
+        )
+    modes = _pooling_modes(modules[1])
+    if len(modes) != 1 or modes.pop() not in _POOLING_NAMES[encoder.config.pooling]:
+        raise ValueError(
+            f"The SentenceTransformer pools with {sorted(_pooling_modes(modules[1]))}, but the encoder's "
+            f"config.pooling is {encoder.config.pooling!r}."
+        )
+    if len(modules) == 2:
+        encoder.pooler = None
+        return encoder
+    dense = modules[2]
+    if not isinstance(dense.activation_function, nn.Tanh):
+        raise ValueError(f"The Dense layer's activation is {dense.activation_function}, not the pooler's tanh.")
+    pooler = encoder.pooler.dense if encoder.pooler is not None else None
+    if (
+        pooler is None
+        or dense.linear.weight.shape != pooler.weight.shape
+        or (dense.linear.bias is None) != (pooler.bias is None)
+    ):
+        raise ValueError("The Dense layer does not match the encoder's pooler (shape, bias, or no pooler at all).")
+    with torch.no_grad():
+        pooler.weight.copy_(dense.linear.weight)
+        if pooler.bias is not None:
+            pooler.bias.copy_(dense.linear.bias)
+    return encoder
