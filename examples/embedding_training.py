@@ -210,9 +210,7 @@ def train_sentence_embeddings(
             batch_sampler=BatchSamplers.NO_DUPLICATES,  # no anchor meets its own text as a negative
             eval_strategy="no",
             save_strategy="no",
-            # No loss logging during training: the trainer of sentence-transformers releases before 5.2.3 fails
-            # to log it with transformers >= 5.2 (the mean training loss is returned at the end all the same).
-            logging_strategy="no",
+            logging_strategy="no",  # the mean training loss is returned at the end
             report_to="none",
             seed=seed,
             dataloader_num_workers=0,

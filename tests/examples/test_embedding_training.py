@@ -19,7 +19,7 @@ from m2_hf.sentence_transformers import save_sentence_transformer, sentence_tran
 
 sentence_transformers = pytest.importorskip("sentence_transformers")
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 TEXTS = ["w1 w2", "w3 w4 w5 w6 w7 w8 w9", "w10"]
 
 
