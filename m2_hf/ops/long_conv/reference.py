@@ -76,7 +76,8 @@ def gated_long_conv_reference(
         gated_input = gated_input * pre_gate.to(real_dtype)
     out = fft_long_conv_reference(gated_input, spectrum, skip)
     if post_gate is not None:
-        out = out * post_gate.to(real_dtype)
+        # the gate first: the product takes its memory layout (the mixer's [B, L, H], read by out_proj in place)
+        out = post_gate.to(real_dtype) * out
     return out.to(u.dtype)
 
 
