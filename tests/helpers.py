@@ -135,3 +135,23 @@ def check_bf16_against_fp32(fused, reference, inputs, rtol: float = GPU_RTOL) ->
     expected_grads = torch.autograd.grad(expected, differentiable_high, grads_out)
     for actual, wanted in zip(grads, expected_grads):
         assert relative_error(actual, wanted) <= rtol
+
+
+def run_two_processes(script: Path, workdir: Path, timeout: int = 240) -> None:
+    """Run `script workdir` as a two-process `torchrun --standalone` job (gloo on CPU) in `workdir`; fail the test
+    with the end of its stderr if it fails."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    result = subprocess.run(
+        [*command, str(script), str(workdir)],
+        check=False,
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from accelerate.utils.dataclasses import get_module_class_from_name
-from conftest import tiny_config
+from helpers import run_two_processes, tiny_config
 from safetensors.torch import load_file
 
 import m2_hf
@@ -26,18 +23,7 @@ HEADS = [
 
 
 def test_two_process_trainer_run_keeps_the_ranks_identical(tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    result = subprocess.run(
-        [*command, str(SCRIPT), str(tmp_path)],
-        check=False,
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
+    run_two_processes(SCRIPT, tmp_path)
 
     reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     for report in reports:

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
+from helpers import run_two_processes, tiny_config
 from safetensors.torch import load_file
 
 import m2_hf
@@ -20,18 +18,7 @@ SCRIPT = Path(__file__).resolve().parent / "fsdp_train.py"
 
 
 def test_sharded_training_matches_one_process(tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    result = subprocess.run(
-        [*command, str(SCRIPT), str(tmp_path)],
-        check=False,
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
+    run_two_processes(SCRIPT, tmp_path)
 
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["world_size"] == 2 and report["backend"] == "gloo"
