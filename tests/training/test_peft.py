@@ -109,23 +109,32 @@ def test_merged_adapters_give_the_unmerged_outputs(overrides):
 
 def test_fine_tuning_only_the_adapters_lowers_the_loss():
     torch.manual_seed(0)
-    base = m2_hf.M2ForSequenceClassification(tiny_config(num_labels=2))
+    base = m2_hf.M2ForSequenceClassification(tiny_config(num_labels=2, hidden_dropout_prob=0.0))
     frozen = {name: parameter.detach().clone() for name, parameter in base.named_parameters()}
-    model = get_m2_peft_model(base, r=4, lora_dropout=0.1, task_type="SEQ_CLS")
+    model = get_m2_peft_model(base, r=4, task_type="SEQ_CLS")
     model.train()
-    # A learnable toy task: is token 7 in the sequence?
+    # A learnable toy task: is token 7 in the sequence (here and there, the mixers carry it to the pooled token)?
     ids = torch.randint(8, 99, (32, 16))
     labels = torch.randint(0, 2, (32,))
     ids[labels == 1, 5] = 7
+    ids[labels == 1, 11] = 7
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
-    losses = []
-    for _ in range(30):
+
+    def eval_loss() -> float:  # without dropout, so that the comparison does not ride on its noise
+        model.eval()
+        with torch.no_grad():
+            loss = model(input_ids=ids, labels=labels).loss.item()
+        model.train()
+        return loss
+
+    before = eval_loss()
+    for _ in range(80):
         loss = model(input_ids=ids, labels=labels).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(loss.item())
-    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+    after = eval_loss()
+    assert after < 0.6 * before, (before, after)
     compared = 0
     for name, parameter in model.get_base_model().named_parameters():
         if "lora_" in name or "modules_to_save" in name:  # the adapters and the trained copy of the classifier
