@@ -74,6 +74,9 @@ def main(output_dir: Path) -> None:
         "losses": [entry["loss"] for entry in trainer.state.log_history if "loss" in entry],
     }
     (output_dir / f"rank{rank}.json").write_text(json.dumps(report))
+    if dist.is_initialized():  # leave together, so that no rank exits while the other's gloo threads still run
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
