@@ -137,21 +137,35 @@ def check_bf16_against_fp32(fused, reference, inputs, rtol: float = GPU_RTOL) ->
         assert relative_error(actual, wanted) <= rtol
 
 
-def run_two_processes(script: Path, workdir: Path, timeout: int = 240) -> None:
+def run_two_processes(script: Path, workdir: Path, timeout: int = 150, attempts: int = 2) -> None:
     """Run `script workdir` as a two-process `torchrun --standalone` job (gloo on CPU) in `workdir`; fail the test
-    with the end of its stderr if it fails."""
+    with the end of its stderr if it fails.
+
+    On the 2-core CI machine such a job has now and then aborted or hung in the distributed runtime itself (a
+    rank's `terminate called without an active exception`, a rendezvous that never completes) with the scripts'
+    own work done; a failed attempt is therefore run once more, and both attempts' errors are reported.
+    """
     import subprocess
     import sys
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    result = subprocess.run(
-        [*command, str(script), str(workdir)],
-        check=False,
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
+    errors = []
+    for attempt in range(attempts):
+        try:
+            result = subprocess.run(
+                [*command, str(script), str(workdir)],
+                check=False,
+                cwd=workdir,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:
+            errors.append(f"attempt {attempt + 1}: no result within {timeout} s")
+            continue
+        if result.returncode == 0:
+            return
+        errors.append(f"attempt {attempt + 1}: exit status {result.returncode}\n{result.stderr[-3000:]}")
+    raise AssertionError("\n\n".join(errors))

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from helpers import activation_checkpointing, tiny_config, training_args
 from transformers import (
     AutoModelForMaskedLM,
     AutoTokenizer,
@@ -12,7 +13,6 @@ from transformers import (
 )
 
 import m2_hf
-from helpers import activation_checkpointing, tiny_config, training_args
 
 SENTENCES = [
     "the cat sat on the mat.",
