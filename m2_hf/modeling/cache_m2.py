@@ -111,8 +111,8 @@ class M2CacheLayer(CacheLayerMixin):
         past = self.short_conv_state
         if past is None:
             past = projected.new_zeros(batch, channels, self.short_conv_context)
-        self.short_conv_state = torch.cat([past.to(masked.dtype), masked], dim=-1)[..., -self.short_conv_context :]
-        self.short_conv_state = self.short_conv_state.detach()
+        window = torch.cat([past.to(masked.dtype), masked], dim=-1)
+        self.short_conv_state = window[..., -self.short_conv_context :].detach()
         if self.seq_length == 0:
             return projected, padding_mask
         extended = torch.cat([past.to(projected.dtype).transpose(1, 2), projected], dim=1)

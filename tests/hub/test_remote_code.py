@@ -17,8 +17,7 @@ from conftest import tiny_config
 from safetensors.torch import load_file, save_file
 
 import m2_hf
-from m2_hf import cli, remote_code
-from m2_hf import registry
+from m2_hf import cli, registry
 from m2_hf.registry import M2_CLASSES, M2Class
 from m2_hf.remote_code import OPS_MODULE, RemoteCodeError, export_remote_code
 
