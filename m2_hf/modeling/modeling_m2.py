@@ -130,6 +130,10 @@ class M2Layer(GradientCheckpointingLayer):
         self.pre_norm = config.norm_position == "pre"
         self.mixer = M2MonarchSequenceMixer(config) if config.sequence_mixer == "monarch" else M2LongConvMixer(config)
         self.mlp = M2MonarchMLP(config)
+        self.config = config  # `cpu_inference_slice_mib` is read at each call
+        # Features per token of the widest intermediate: the mixer's in-projection (3H) or the MLP's (2)I.
+        mlp_width = (2 if config.glu_mlp else 1) * config.intermediate_size
+        self.widest_features = max(3 * config.hidden_size, mlp_width)
 
     def forward(
         self,
@@ -138,6 +142,27 @@ class M2Layer(GradientCheckpointingLayer):
         cache: M2CacheLayer | None = None,
     ) -> torch.Tensor:
         """`cache` is this layer's `M2CacheLayer` when decoding with a cache."""
+        rows = self._slice_rows(hidden_states) if cache is None else None
+        if rows is None:
+            return self._layer(hidden_states, padding_mask, cache)
+        masks = [None] * hidden_states.shape[0] if padding_mask is None else padding_mask.split(rows)
+        return torch.cat([self._layer(part, mask) for part, mask in zip(hidden_states.split(rows), masks)])
+
+    def _slice_rows(self, hidden_states: torch.Tensor) -> int | None:
+        """Sequences per slice in CPU inference (`M2Config.cpu_inference_slice_mib`), or None to run the batch."""
+        budget = self.config.cpu_inference_slice_mib << 20
+        if not budget or hidden_states.device.type != "cpu" or torch.is_grad_enabled():
+            return None
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
+            return None
+        batch, length = hidden_states.shape[:2]
+        bytes_per_sequence = length * self.widest_features * hidden_states.element_size()
+        rows = max(1, budget // bytes_per_sequence)
+        return rows if rows < batch else None
+
+    def _layer(
+        self, hidden_states: torch.Tensor, padding_mask: torch.Tensor | None, cache: M2CacheLayer | None = None
+    ) -> torch.Tensor:
         mixed = self.mixer(hidden_states, padding_mask, cache)
         if self.pre_norm:
             mixed = mixed + hidden_states

@@ -78,3 +78,12 @@ def autocast_input(x: torch.Tensor) -> torch.Tensor:
 def new_buffer(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """Allocation point of every buffer a Triton kernel writes (tests replace it to poison buffers with NaN)."""
     return torch.empty(shape, dtype=dtype, device=device)
+
+
+def may_overwrite_intermediates(*tensors: torch.Tensor | None) -> bool:
+    """Whether a reference op may write its own intermediates in place: no gradient flows through the given
+    tensors and no compiler is tracing (in place, a large CPU op reuses memory it already holds instead of taking
+    fresh pages)."""
+    if torch.compiler.is_compiling():
+        return False
+    return not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in tensors)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..backend import may_overwrite_intermediates
+
 GLU_ACTIVATIONS = {"gelu": F.gelu, "silu": F.silu}
 # transformers' activation names (`config.hidden_act`) that `blockdiag_glu` computes, by its name for them.
 GLU_ACTIVATION_NAMES = {"gelu": "gelu", "silu": "silu", "swish": "silu"}
@@ -37,10 +39,28 @@ def blockdiag_matmul_reference(x: torch.Tensor, weight: torch.Tensor, bias: torc
     """
     check_blockdiag_shapes(x, weight)
     nblocks, out_block, in_block = weight.shape
+    if may_overwrite_intermediates(x, weight, bias) and not torch.is_autocast_enabled(x.device.type):
+        return _blockdiag_matmul_per_block(x, weight.to(x.dtype), bias)
     x_blocks = x.reshape(*x.shape[:-1], nblocks, in_block)
     y_blocks = torch.einsum("...bi,boi->...bo", x_blocks, weight)
     y = y_blocks.reshape(*x.shape[:-1], nblocks * out_block)
     return y if bias is None else y + bias
+
+
+def _blockdiag_matmul_per_block(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Inference form of `blockdiag_matmul_reference`: one matmul per block (faster than a `bmm` over a few blocks on
+    CPU), each writing its columns of the output with the bias added, `[..., nblocks * out_block]`."""
+    nblocks, out_block, in_block = weight.shape
+    rows = x.reshape(-1, nblocks * in_block)
+    output = rows.new_empty(rows.shape[0], nblocks * out_block)
+    for block in range(nblocks):
+        inputs = rows[:, block * in_block : (block + 1) * in_block]
+        columns = slice(block * out_block, (block + 1) * out_block)
+        if bias is None:
+            torch.mm(inputs, weight[block].t(), out=output[:, columns])
+        else:
+            torch.addmm(bias[columns].to(x.dtype), inputs, weight[block].t(), out=output[:, columns])
+    return output.view(*x.shape[:-1], nblocks * out_block)
 
 
 def blockdiag_glu_reference(x: torch.Tensor, weight: torch.Tensor, activation: str = "gelu") -> torch.Tensor:
@@ -52,20 +72,36 @@ def blockdiag_glu_reference(x: torch.Tensor, weight: torch.Tensor, activation: s
     if activation not in GLU_ACTIVATIONS:
         raise ValueError(f"blockdiag_glu: activation must be one of {tuple(GLU_ACTIVATIONS)}, got {activation!r}.")
     act = GLU_ACTIVATIONS[activation]
+    check_blockdiag_shapes(x, weight)
+    if may_overwrite_intermediates(x, weight) and not torch.is_autocast_enabled(x.device.type):
+        return _blockdiag_glu_in_place(x, weight.to(x.dtype), act)
     nblocks, out_block, in_block = weight.shape
     if nblocks % 2:  # the halves split a block
         gate, value = blockdiag_matmul_reference(x, weight).chunk(2, dim=-1)
         return act(gate) * value
-    check_blockdiag_shapes(x, weight)
     # Gate block b pairs with value block b + nblocks / 2: one batched matmul over the blocks ([nblocks, N, out]),
-    # then the product per pair, written once in the output's layout.
+    # then the product per pair.
     rows = x.reshape(-1, nblocks, in_block).transpose(0, 1)
     projected = torch.bmm(rows, weight.transpose(1, 2).to(rows.dtype))
     half = nblocks // 2
     shape = (*x.shape[:-1], half * out_block)
-    needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
-    if needs_grad or torch.compiler.is_compiling():
-        return (act(projected[:half]) * projected[half:]).transpose(0, 1).contiguous().view(shape)
-    # inference: the product is written straight into the output's [N, half, out_block] layout
-    inner = projected.new_empty(rows.shape[1], half, out_block)
-    return torch.mul(act(projected[:half]).transpose(0, 1), projected[half:].transpose(0, 1), out=inner).view(shape)
+    return (act(projected[:half]) * projected[half:]).transpose(0, 1).contiguous().view(shape)
+
+
+def _blockdiag_glu_in_place(x: torch.Tensor, weight: torch.Tensor, act) -> torch.Tensor:
+    """Inference form of `blockdiag_glu_reference`: each block's matmul writes its columns of one `[N, 2I]` buffer
+    (a matmul per block is faster than `bmm` over a few blocks on CPU), the gate half becomes `act(gate) * value`
+    in place and is returned as a strided `[..., I]` view."""
+    nblocks, out_block, in_block = weight.shape
+    rows = x.reshape(-1, nblocks * in_block)
+    projected = rows.new_empty(rows.shape[0], nblocks * out_block)
+    for block in range(nblocks):
+        columns = slice(block * out_block, (block + 1) * out_block)
+        torch.mm(rows[:, block * in_block : (block + 1) * in_block], weight[block].t(), out=projected[:, columns])
+    half = nblocks * out_block // 2
+    gate = projected[:, :half]
+    if act is F.gelu:
+        torch.ops.aten.gelu_(gate)
+    else:
+        F.silu(gate, inplace=True)
+    return gate.mul_(projected[:, half:]).view(*x.shape[:-1], half)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..backend import may_overwrite_intermediates
+
 
 def long_conv_kernel(forward_filter: torch.Tensor, reverse_filter: torch.Tensor | None) -> torch.Tensor:
     """Build the time-domain kernel of a long convolution over `L` positions.
@@ -46,9 +48,13 @@ def fft_long_conv_reference(u: torch.Tensor, spectrum: torch.Tensor, skip: torch
     seq_len = u.shape[-1]
     fft_size = 2 * seq_len
     real_dtype = spectrum.real.dtype
+    # In inference the spectrum product and the skip term are written into the FFTs' own outputs.
+    in_place = may_overwrite_intermediates(u, spectrum, skip)
     u_f = torch.fft.rfft(u.to(real_dtype), n=fft_size)
-    y = torch.fft.irfft(u_f * spectrum, n=fft_size, norm="forward")[..., :seq_len]
-    y = torch.addcmul(y, u.to(real_dtype), skip.to(real_dtype)[:, None])
+    product = u_f.mul_(spectrum) if in_place else u_f * spectrum
+    y = torch.fft.irfft(product, n=fft_size, norm="forward")[..., :seq_len]
+    skip_term = (u.to(real_dtype), skip.to(real_dtype)[:, None])
+    y = y.addcmul_(*skip_term) if in_place else torch.addcmul(y, *skip_term)
     return y.to(u.dtype)
 
 

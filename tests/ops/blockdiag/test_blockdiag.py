@@ -91,6 +91,49 @@ def test_blockdiag_glu_equals_unfused_mlp_front():
     assert_relative_close(blockdiag_glu(x, weight, backend="triton"), torch.nn.functional.gelu(gate) * value, 1e-5)
 
 
+def dense_blockdiag(x, weight, bias=None):
+    """The block-diagonal product through the dense `[nblocks * out, nblocks * in]` matrix (float64)."""
+    y = x.double() @ torch.block_diag(*weight.double()).T
+    return y if bias is None else y + bias.double()
+
+
+BLOCK_SHAPES = [(1, 12, 10), (2, 5, 7), (3, 4, 6), (4, 6, 3)]
+
+
+@pytest.mark.parametrize("inference", [True, False], ids=["no_grad", "autograd"])
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("nblocks, in_block, out_block", BLOCK_SHAPES)
+def test_blockdiag_matmul_reference_is_the_dense_block_diagonal_product(nblocks, in_block, out_block, with_bias, inference):
+    """Both forms of the reference (per-block matmuls writing one buffer without autograd, einsum with it), on a
+    column-strided input that they must leave unchanged."""
+    x = torch.randn(2, 7, 2 * nblocks * in_block)[..., ::2]
+    weight = (torch.randn(nblocks, out_block, in_block) / in_block**0.5).requires_grad_(not inference)
+    bias = torch.randn(nblocks * out_block) if with_bias else None
+    before = x.clone()
+    with torch.set_grad_enabled(not inference):
+        out = blockdiag_matmul_reference(x, weight, bias)
+    torch.testing.assert_close(out.double(), dense_blockdiag(x, weight.detach(), bias), rtol=1e-5, atol=1e-5)
+    assert out.requires_grad is not inference
+    assert torch.equal(x, before)
+
+
+@pytest.mark.parametrize("inference", [True, False], ids=["no_grad", "autograd"])
+@pytest.mark.parametrize("activation", ["gelu", "silu"])
+@pytest.mark.parametrize("nblocks, in_block, out_block", BLOCK_SHAPES)
+def test_blockdiag_glu_reference_is_the_gated_dense_product(nblocks, in_block, out_block, activation, inference):
+    """`act(gate) * value` of the dense product's halves, without autograd (the gate half overwritten in place)
+    and with it, for one to four blocks."""
+    x = torch.randn(3, 5, nblocks * in_block)
+    weight = (torch.randn(nblocks, 2 * out_block, in_block) / in_block**0.5).requires_grad_(not inference)
+    before = x.clone()
+    with torch.set_grad_enabled(not inference):
+        out = blockdiag_glu_reference(x, weight, activation)
+    gate, value = dense_blockdiag(x, weight.detach()).chunk(2, dim=-1)
+    act = torch.nn.functional.gelu if activation == "gelu" else torch.nn.functional.silu
+    torch.testing.assert_close(out.double(), act(gate) * value, rtol=1e-5, atol=1e-5)
+    assert out.shape == (3, 5, nblocks * out_block) and torch.equal(x, before)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("shape", [(3, 4, 5, 2), (4, 4, 4, 4), (1, 2, 3, 5), (2, 7, 9, 3)])
 def test_monarch_matmul(shape, dtype):

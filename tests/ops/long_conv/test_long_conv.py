@@ -76,6 +76,41 @@ def check_against_reference(inputs, rtol, leaves=None):
         assert_close_to(grad, expected_grad, rtol)
 
 
+def direct_gated_long_conv(u, forward_filter, reverse_filter, skip, pre_gate, post_gate):
+    """`post * (sum_m k_fwd[m] s[n - m] + sum_j k_rev[j] s[n + 1 + j] + D s[n])`, `s = u * pre`, as a sum over
+    Toeplitz matrices in float64."""
+    seq_len = u.shape[-1]
+    lag = torch.arange(seq_len)[:, None] - torch.arange(seq_len)[None, :]  # n - m
+    causal = torch.where(lag >= 0, forward_filter.double()[:, lag.clamp(min=0)], 0.0)  # [H, n, m]
+    matrix = causal
+    if reverse_filter is not None:
+        matrix = matrix + torch.where(lag < 0, reverse_filter.double()[:, (-lag - 1).clamp(min=0)], 0.0)
+    signal = u.double() * pre_gate.double()
+    return post_gate.double() * (torch.einsum("hnm,bhm->bhn", matrix, signal) + skip.double()[:, None] * signal)
+
+
+@pytest.mark.parametrize("inference", [True, False], ids=["no_grad", "autograd"])
+@pytest.mark.parametrize("bidirectional", [True, False])
+@pytest.mark.parametrize("seq_len", [1, 6, 33])
+def test_reference_is_the_direct_convolution(seq_len, bidirectional, inference):
+    """The torch.fft reference, without autograd (products written into the FFTs' outputs) and with it, against
+    the direct sum; its inputs stay unchanged."""
+    channels = 3
+    forward_filter = torch.randn(channels, seq_len) / seq_len**0.5
+    reverse_filter = torch.randn(channels, seq_len) / seq_len**0.5 if bidirectional else None
+    spectrum = long_conv_spectrum(long_conv_kernel(forward_filter, reverse_filter), seq_len)
+    spectrum.requires_grad_(not inference)
+    u, pre_gate, post_gate = (torch.randn(2, channels, seq_len) for _ in range(3))
+    skip = torch.randn(channels)
+    before = [t.detach().clone() for t in (u, spectrum, skip, pre_gate, post_gate)]
+    with torch.set_grad_enabled(not inference):
+        out = gated_long_conv_reference(u, spectrum, skip, pre_gate, post_gate)
+    expected = direct_gated_long_conv(u, forward_filter, reverse_filter, skip, pre_gate, post_gate)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+    after = (u, spectrum, skip, pre_gate, post_gate)
+    assert all(torch.equal(a.detach(), b) for a, b in zip(after, before))
+
+
 @pytest.mark.parametrize("seq_len", [1, 7, 16, 33, 100, 300, 1024, 1025, 5000, 16384, 32768])
 def test_fft_plan_covers_the_linear_convolution(seq_len):
     plan = fft_plan(seq_len)
