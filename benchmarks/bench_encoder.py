@@ -2,12 +2,14 @@
 
 Rows: M2-BERT-80M (the released configuration: 768 hidden, 12 layers, GLU block-diagonal MLP with 4 blocks,
 filter order 128, no pooler) with this package's Triton kernels (CUDA only; `--m2-backends triton-1-launch` adds
-the row whose long convolutions beyond L = 1024 run their forward as one launch) and on its pure-PyTorch path, and
+the row whose long convolutions beyond L = 1024 run their forward as one launch) and on its pure-PyTorch path
+(`torch-whole-batch` adds that path with `cpu_inference_slice_mib=0`, the batch in one piece), and
 `transformers.BertModel` at bert-base size with `sdpa` and `eager` attention. Modes: inference (`no_grad`, `--infer-tokens` tokens per call) and training
 step (forward + backward of `mean(h^2)`, `--train-tokens` tokens per call). The batch is tokens / L.
 
 Prints tokens/s, ratios against BERT-sdpa and against the M2 pure-PyTorch path, and peak memory, and writes a Markdown table with the device,
-versions and date. Numbers are reported, never asserted.
+versions and date. Numbers are reported, never asserted. `--alternate` times the rows of one length in turns (one
+call of each, then the next round), so that a machine whose speed drifts (a shared CPU) shifts every row alike.
 
     python benchmarks/bench_encoder.py --lengths 512 1024 2048 4096 8192 16384 32768 --output benchmarks/results/encoder.md
 """
@@ -16,11 +18,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import statistics
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from timing import measured_on, median_seconds
+from timing import measured_on, median_seconds, synchronize
 from transformers import BertConfig, BertModel
 
 import m2_hf
@@ -41,6 +45,7 @@ M2_ROWS = {
     "triton": "M2-BERT-80M (Triton kernels)",
     "triton-1-launch": "M2-BERT-80M (Triton, one-launch radix forward)",
     "torch": "M2-BERT-80M (torch reference)",
+    "torch-whole-batch": "M2-BERT-80M (torch reference, unsliced batch)",
 }
 
 
@@ -56,9 +61,12 @@ def radix_forward_launches(backend: str):
         yield
 
 
-def m2_bert_80m(length: int, backend: str) -> m2_hf.M2Model:
+def m2_bert_80m(length: int, row: str) -> m2_hf.M2Model:
+    """The model of an `M2_ROWS` row: "torch-whole-batch" is the reference path with CPU batch slicing off."""
+    backend = row.split("-")[0]
     config = m2_hf.M2Config(
-        max_position_embeddings=length, hidden_dropout_prob=0.0, mask_padding=False, kernel_backend=backend
+        max_position_embeddings=length, hidden_dropout_prob=0.0, mask_padding=False, kernel_backend=backend,
+        cpu_inference_slice_mib=0 if row == "torch-whole-batch" else 16,
     )
     return m2_hf.M2Model(config, add_pooling_layer=False)
 
@@ -69,7 +77,8 @@ def bert_base(length: int, attention: str) -> BertModel:
     return BertModel(config, add_pooling_layer=False)
 
 
-def measure(name, model, length, tokens, mode, device, dtype, warmup, repeats) -> Row:
+def timed_call(model, length, tokens, mode, device, dtype):
+    """`(fn, batch)`: one inference call or training step of `model` on `tokens` random ids of length `length`."""
     batch = max(1, tokens // length)
     model = model.to(device).train(mode == "train")
     ids = torch.randint(0, 30000, (batch, length), device=device)
@@ -85,22 +94,53 @@ def measure(name, model, length, tokens, mode, device, dtype, warmup, repeats) -
         hidden.float().pow(2).mean().backward()
         model.zero_grad(set_to_none=True)
 
+    return (infer if mode == "infer" else train_step), batch
+
+
+def measure(name, model, length, tokens, mode, device, dtype, warmup, repeats) -> Row:
+    fn, batch = timed_call(model, length, tokens, mode, device, dtype)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    seconds = median_seconds(infer if mode == "infer" else train_step, device, warmup, repeats)
+    seconds = median_seconds(fn, device, warmup, repeats)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     model.cpu()
     return Row(name, length, batch, mode, seconds * 1e3, batch * length / seconds, peak)
 
 
+def measure_alternating(candidates, length, tokens, mode, device, dtype, warmup, repeats) -> list[Row]:
+    """Every candidate's median time with their calls alternating (A B C A B C ...), so that a machine whose speed
+    drifts during the run slows each of them alike; peak memory is not measured."""
+    calls = []
+    for name, backend, build in candidates:
+        torch.manual_seed(0)
+        fn, batch = timed_call(build(), length, tokens, mode, device, dtype)
+        calls.append((name, backend, fn, batch))
+    times = {name: [] for name, *_ in calls}
+    for index in range(warmup + repeats):
+        for name, backend, fn, _ in calls:
+            synchronize(device)
+            start = time.perf_counter()
+            with radix_forward_launches(backend):
+                fn()
+            synchronize(device)
+            if index >= warmup:
+                times[name].append(time.perf_counter() - start)
+    rows = []
+    for name, _, _, batch in calls:
+        seconds = statistics.median(times[name])
+        rows.append(Row(name, length, batch, mode, seconds * 1e3, batch * length / seconds, float("nan")))
+    return rows
+
+
 def run(
-    lengths, modes, device, dtype, infer_tokens, train_tokens, warmup, repeats, skip_eager_above, backends
+    lengths, modes, device, dtype, infer_tokens, train_tokens, warmup, repeats, skip_eager_above, backends,
+    alternate=False,
 ) -> list[Row]:
     rows = []
     for length in lengths:
         candidates = [
-            (M2_ROWS[backend], backend, lambda n=length, b=backend: m2_bert_80m(n, b.split("-")[0]))
+            (M2_ROWS[backend], backend, lambda n=length, b=backend: m2_bert_80m(n, b))
             for backend in backends
         ]
         candidates.append(("BERT-base sdpa", None, lambda n=length: bert_base(n, "sdpa")))
@@ -108,6 +148,12 @@ def run(
             candidates.append(("BERT-base eager", None, lambda n=length: bert_base(n, "eager")))
         for mode in modes:
             tokens = infer_tokens if mode == "infer" else train_tokens
+            if alternate:
+                measured = measure_alternating(candidates, length, tokens, mode, device, dtype, warmup, repeats)
+                rows.extend(measured)
+                for row in measured:
+                    print(format_row(row, rows), flush=True)
+                continue
             for name, backend, build in candidates:
                 torch.manual_seed(0)
                 try:
@@ -157,6 +203,9 @@ def main(argv=None) -> list[Row]:
     parser.add_argument(
         "--m2-backends", nargs="+", choices=list(M2_ROWS), help="M2 rows (default: triton and torch on CUDA, else torch)"
     )
+    parser.add_argument(
+        "--alternate", action="store_true", help="time the rows of each length in alternation (no peak memory)"
+    )
     parser.add_argument("--output", type=Path, help="write the Markdown table here")
     args = parser.parse_args(argv)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
@@ -164,7 +213,7 @@ def main(argv=None) -> list[Row]:
     print(header(device, dtype), flush=True)
     rows = run(
         args.lengths, args.modes, device, dtype, args.infer_tokens, args.train_tokens,
-        args.warmup, args.repeats, args.skip_eager_above, backends,
+        args.warmup, args.repeats, args.skip_eager_above, backends, args.alternate,
     )
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -141,10 +141,10 @@ class M2Config(PretrainedConfig):
         cpu_inference_slice_mib (`int`, defaults to 16):
             CPU inference without a cache runs each layer over slices of the batch (whole sequences) whose widest
             intermediate stays within this many MiB, and concatenates the slices' outputs, which are the same as
-            the whole batch's. Large CPU buffers are fetched from the operating system afresh at every
-            allocation, small ones are reused: at L = 512 slicing more than halves the time per token lost to
-            allocation. 0 runs the whole batch at once. Training, CUDA and tracing (`torch.compile`,
-            `torch.export`, ONNX) never slice.
+            the whole batch's. A large CPU tensor takes fresh pages from the operating system at every allocation
+            (glibc maps each one above 32 MiB anew) while small ones reuse freed memory, so small slices save the
+            page faults (`benchmarks/results/encoder-cpu.md`). 0 runs the whole batch at once. Training, CUDA,
+            decoding with a cache and tracing (`torch.compile`, `torch.export`, ONNX) never slice.
     """
 
     model_type = "m2"

@@ -25,6 +25,16 @@ def test_encoder_benchmark_smoke(tmp_path, monkeypatch):
     assert text.count("\n| ") == len(rows) + 1 and "torch" in text
 
 
+def test_encoder_benchmark_alternating_rows(tmp_path, monkeypatch):
+    bench = load_benchmark("bench_encoder", monkeypatch)
+    rows = bench.main(
+        ["--lengths", "16", "--device", "cpu", "--dtype", "float32", "--modes", "infer", "--infer-tokens", "32",
+         "--warmup", "1", "--repeats", "2", "--alternate", "--skip-eager-above", "0"]
+    )
+    assert [r.model for r in rows] == ["M2-BERT-80M (torch reference)", "BERT-base sdpa"]
+    assert all(r.tokens_per_s > 0 and math.isfinite(r.tokens_per_s) and r.batch == 2 for r in rows)
+
+
 def test_kernel_benchmark_smoke(tmp_path, monkeypatch):
     """The per-kernel benchmark times the reference ops on CPU at tiny sizes and computes every floor."""
     bench = load_benchmark("bench_kernels", monkeypatch)
