@@ -64,9 +64,10 @@ def radix_forward_launches(backend: str):
 def m2_bert_80m(length: int, row: str) -> m2_hf.M2Model:
     """The model of an `M2_ROWS` row: "torch-whole-batch" is the reference path with CPU batch slicing off."""
     backend = row.split("-")[0]
+    unsliced = {"cpu_inference_slice_mib": 0} if row == "torch-whole-batch" else {}
     config = m2_hf.M2Config(
         max_position_embeddings=length, hidden_dropout_prob=0.0, mask_padding=False, kernel_backend=backend,
-        cpu_inference_slice_mib=0 if row == "torch-whole-batch" else 16,
+        **unsliced,
     )
     return m2_hf.M2Model(config, add_pooling_layer=False)
 

@@ -39,12 +39,17 @@ def blockdiag_matmul_reference(x: torch.Tensor, weight: torch.Tensor, bias: torc
     """
     check_blockdiag_shapes(x, weight)
     nblocks, out_block, in_block = weight.shape
-    if may_overwrite_intermediates(x, weight, bias) and not torch.is_autocast_enabled(x.device.type):
+    if _takes_per_block_form(x, weight, bias):
         return _blockdiag_matmul_per_block(x, weight.to(x.dtype), bias)
     x_blocks = x.reshape(*x.shape[:-1], nblocks, in_block)
     y_blocks = torch.einsum("...bi,boi->...bo", x_blocks, weight)
     y = y_blocks.reshape(*x.shape[:-1], nblocks * out_block)
     return y if bias is None else y + bias
+
+
+def _takes_per_block_form(x: torch.Tensor, *parameters: torch.Tensor | None) -> bool:
+    """Whether the inference forms apply: no autograd, and no autocast (their `out=` matmuls run in `x.dtype`)."""
+    return may_overwrite_intermediates(x, *parameters) and not torch.is_autocast_enabled(x.device.type)
 
 
 def _blockdiag_matmul_per_block(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -73,7 +78,7 @@ def blockdiag_glu_reference(x: torch.Tensor, weight: torch.Tensor, activation: s
         raise ValueError(f"blockdiag_glu: activation must be one of {tuple(GLU_ACTIVATIONS)}, got {activation!r}.")
     act = GLU_ACTIVATIONS[activation]
     check_blockdiag_shapes(x, weight)
-    if may_overwrite_intermediates(x, weight) and not torch.is_autocast_enabled(x.device.type):
+    if _takes_per_block_form(x, weight):
         return _blockdiag_glu_in_place(x, weight.to(x.dtype), act)
     nblocks, out_block, in_block = weight.shape
     if nblocks % 2:  # the halves split a block

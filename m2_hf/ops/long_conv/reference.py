@@ -50,10 +50,11 @@ def fft_long_conv_reference(u: torch.Tensor, spectrum: torch.Tensor, skip: torch
     real_dtype = spectrum.real.dtype
     # In inference the spectrum product and the skip term are written into the FFTs' own outputs.
     in_place = may_overwrite_intermediates(u, spectrum, skip)
-    u_f = torch.fft.rfft(u.to(real_dtype), n=fft_size)
+    signal = u.to(real_dtype)
+    u_f = torch.fft.rfft(signal, n=fft_size)
     product = u_f.mul_(spectrum) if in_place else u_f * spectrum
     y = torch.fft.irfft(product, n=fft_size, norm="forward")[..., :seq_len]
-    skip_term = (u.to(real_dtype), skip.to(real_dtype)[:, None])
+    skip_term = (signal, skip.to(real_dtype)[:, None])
     y = y.addcmul_(*skip_term) if in_place else torch.addcmul(y, *skip_term)
     return y.to(u.dtype)
 
